@@ -1,0 +1,1 @@
+"""Caffe's subcommands: train, test, time, device_query."""

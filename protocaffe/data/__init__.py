@@ -1,0 +1,1 @@
+"""Data input: LMDB reading, transformation, prefetching, and the data layers."""

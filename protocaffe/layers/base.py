@@ -1,0 +1,146 @@
+"""The base class every Caffe layer type derives from, and the type registry.
+
+A layer is a ``torch.nn.Module`` built from its ``LayerParameter`` and the
+shapes of its bottoms. Construction follows Caffe's fixed order:
+
+1. check the number of bottoms and tops against the class's declared counts;
+2. ``setup(bottom_shapes)``: read the layer's typed sub-message (e.g.
+   ``self.param.pooling_param``; defaults come only from caffe.proto) and
+   create parameters with :meth:`add_blob` (PyTorch names inside: ``weight``,
+   ``bias``; their order in ``blob_names`` is Caffe's ``blobs`` order);
+3. ``top_shapes(bottom_shapes)``: pure shape inference, no tensors;
+4. the net assigns loss weights (``*Loss`` types weigh their first top 1).
+
+``forward(*bottoms)`` takes and returns tensors: one tensor for one top, a
+tuple for several. Gradients come from autograd.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from protocaffe.errors import CaffeError
+from protocaffe.proto import caffe_pb2
+
+LAYERS = {}
+"""Caffe ``type`` string -> Layer class."""
+
+
+def register(cls):
+    """Class decorator: register ``cls`` under its Caffe type string ``cls.type``."""
+    if cls.type in LAYERS:
+        raise ValueError(f"layer type {cls.type!r} registered twice")
+    LAYERS[cls.type] = cls
+    return cls
+
+
+def layer_class(layer_param):
+    """The Layer class for a LayerParameter, or a CaffeError naming the layer and the known types."""
+    cls = LAYERS.get(layer_param.type)
+    if cls is None:
+        known = ", ".join(sorted(LAYERS))
+        raise CaffeError(
+            f"layer '{layer_param.name}' has type '{layer_param.type}', which protocaffe does not "
+            f"support; supported types: {known}")
+    return cls
+
+
+@dataclass
+class BuildContext:
+    """What a layer may need while it is built, besides its own parameters.
+
+    ``phase`` is caffe_pb2.TRAIN or TEST; ``generator`` seeds every filler and
+    random layer of the net from one seed; ``device`` is where tensors go.
+    """
+    phase: int = caffe_pb2.TEST
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class Layer(nn.Module):
+    """One Caffe layer. Subclasses set ``type`` and the bottom/top counts they accept."""
+
+    type = None
+    #: number of bottoms accepted: an int, or (min, max) with max None for no limit
+    num_bottoms = 1
+    #: number of tops produced: an int, or (min, max)
+    num_tops = 1
+    #: names of this layer's parameter tensors, in Caffe's ``blobs`` order
+    blob_names = ()
+    #: a loss layer: its first top gets loss_weight 1 unless the prototxt says otherwise
+    is_loss = False
+
+    def __init__(self, param, bottom_shapes, ctx=None):
+        super().__init__()
+        self.param = param
+        self.name = param.name
+        self.ctx = ctx if ctx is not None else BuildContext()
+        self.phase = self.ctx.phase
+        self._check_count("bottom", len(param.bottom), self.num_bottoms)
+        self._check_count("top", len(param.top), self.num_tops)
+        self.setup([tuple(s) for s in bottom_shapes])
+
+    # -- the parts a subclass writes ------------------------------------------
+
+    def setup(self, bottom_shapes):
+        """Read parameters and create blobs. Default: nothing to set up."""
+
+    def top_shapes(self, bottom_shapes):
+        """The shape of each top, from the shapes of the bottoms (Caffe's Reshape)."""
+        raise NotImplementedError
+
+    def forward(self, *bottoms):
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------
+
+    def error(self, message):
+        """A CaffeError naming this layer and its type."""
+        return CaffeError(f"layer '{self.name}' (type {self.type}): {message}")
+
+    def _check_count(self, what, found, expected):
+        lo, hi = (expected, expected) if isinstance(expected, int) else expected
+        if found < lo or (hi is not None and found > hi):
+            want = str(lo) if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise self.error(f"expects {want} {what}(s), found {found}")
+
+    def add_blob(self, name, shape, filler=None, *, trainable=True):
+        """Create parameter ``name`` of ``shape``, filled by a FillerParameter (default: constant 0).
+
+        Non-trainable blobs (BatchNorm statistics) are registered as buffers;
+        both kinds are saved in .caffemodel files in ``blob_names`` order.
+        """
+        from protocaffe.fillers import fill
+        tensor = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
+        fill(tensor, filler if filler is not None else caffe_pb2.FillerParameter(),
+             self.ctx.generator)
+        if trainable:
+            setattr(self, name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+        if name not in self.blob_names:
+            self.blob_names = tuple(self.blob_names) + (name,)
+
+    @property
+    def blobs(self):
+        """This layer's parameter tensors in Caffe's order (``net.params[name]``)."""
+        return [getattr(self, n) for n in self.blob_names]
+
+    def extra_repr(self):
+        return f"name={self.name!r}, type={self.type!r}"
+
+
+def canonical_axis(axis, num_axes, layer=None):
+    """Caffe's CanonicalAxisIndex: a negative axis counts from the end; out of range is an error."""
+    if not -num_axes <= axis < num_axes:
+        msg = f"axis {axis} out of range for a {num_axes}-axis blob"
+        raise layer.error(msg) if layer is not None else CaffeError(msg)
+    return axis % num_axes
+
+
+def count(shape, start=0, end=None):
+    """The product of ``shape[start:end]`` (Caffe's Blob::count)."""
+    n = 1
+    for d in shape[start:end]:
+        n *= int(d)
+    return n

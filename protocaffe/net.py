@@ -1,0 +1,329 @@
+"""From a prototxt net to a running ``torch.nn.Module``, in visible steps.
+
+    param = read_net_param(path)            # parse the text; upgrade V0/V1 and old fields
+    param = filter_net(param, state)        # keep the layers whose include/exclude rules match
+    net   = CaffeNet(param)                 # infer shapes and build one module per layer
+    blobs = net(data=x)                     # run the plan; every blob by name
+    loss  = net.loss(blobs)                 # sum of loss_weight * top over loss tops
+
+``CaffeNet`` is a plain ``nn.Module``: it takes and returns tensors and works
+with autograd, AMP and ``torch.compile``. The pycaffe-shaped API on top of it
+lives in :mod:`protocaffe.pycaffe`.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from protocaffe import io
+from protocaffe.errors import CaffeError
+from protocaffe.layers import BuildContext, layer_class
+from protocaffe.proto import caffe_pb2
+from protocaffe.upgrade import upgrade_net
+
+
+# ---- 1. parse and upgrade ----------------------------------------------------
+
+def read_net_param(path):
+    """Read a net prototxt and bring it to the current format, as Caffe's ReadNetParamsFromTextFileOrDie."""
+    return upgrade_net(io.read_text(path, caffe_pb2.NetParameter), os.fspath(path))
+
+
+def read_weights_param(path):
+    """Read a binary .caffemodel (any version) and upgrade it, as ReadNetParamsFromBinaryFileOrDie."""
+    return upgrade_net(io.read_binary(path, caffe_pb2.NetParameter), os.fspath(path))
+
+
+# ---- 2. filter by NetState ---------------------------------------------------
+
+def state_meets_rule(state, rule):
+    """Caffe's StateMeetsRule: phase, min/max level, required stages and forbidden stages."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    return not any(s in stages for s in rule.not_stage)
+
+
+def layer_included(layer, state):
+    """A layer with include rules needs one that matches; otherwise no exclude rule may match."""
+    if len(layer.include) and len(layer.exclude):
+        raise CaffeError(f"layer '{layer.name}': specify either include rules or exclude rules, not both")
+    if len(layer.include):
+        return any(state_meets_rule(state, r) for r in layer.include)
+    return not any(state_meets_rule(state, r) for r in layer.exclude)
+
+
+def net_state(param, phase=None, level=None, stages=()):
+    """The NetState a net runs in: the prototxt's ``state`` overridden by the caller's settings."""
+    state = caffe_pb2.NetState()
+    state.CopyFrom(param.state)
+    if phase is not None:
+        state.phase = phase
+    if level is not None:
+        state.level = level
+    state.stage.extend(s for s in stages if s not in state.stage)
+    return state
+
+
+def filter_net(param, state):
+    """A copy of ``param`` holding only the layers this ``state`` includes, each tagged with the phase."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    out.state.CopyFrom(state)
+    for layer in param.layer:
+        if layer_included(layer, state):
+            kept = out.layer.add()
+            kept.CopyFrom(layer)
+            kept.phase = state.phase
+    return out
+
+
+# ---- 3. build ----------------------------------------------------------------
+
+@dataclass
+class Step:
+    """One layer of the plan: module key, bottom and top blob names, loss weight per top."""
+    key: str
+    bottoms: tuple
+    tops: tuple
+    loss_weights: tuple
+    is_input: bool
+
+
+@dataclass
+class LearnableParam:
+    """A parameter the solver updates, in Caffe's learnable_params order."""
+    tensor: torch.Tensor
+    lr_mult: float
+    decay_mult: float
+    layer: str
+    index: int
+
+
+def _module_key(name, taken):
+    key = name.replace(".", "_") or "layer"
+    base, n = key, 1
+    while key in taken:
+        key, n = f"{base}_{n}", n + 1
+    return key
+
+
+def _loss_weights(layer_param, cls):
+    n = len(layer_param.top)
+    weights = list(layer_param.loss_weight)
+    if not weights:
+        return tuple([1.0 if cls.is_loss and i == 0 else 0.0 for i in range(n)])
+    if len(weights) != n:
+        raise CaffeError(f"layer '{layer_param.name}': loss_weight must be given once per top "
+                         f"({n}), found {len(weights)}")
+    return tuple(weights)
+
+
+def _shapes_match(a, b, mode):
+    if mode == caffe_pb2.ParamSpec.PERMISSIVE:
+        return a.numel() == b.numel()
+    return tuple(a.shape) == tuple(b.shape)
+
+
+class CaffeNet(nn.Module):
+    """A filtered NetParameter as a module: one submodule per layer, run in prototxt order.
+
+    ``forward(**inputs)`` takes tensors for the Input tops and returns a dict of
+    every blob by name (in-place layers rebind their blob's name to the new
+    tensor). ``loss(blobs)`` gives Caffe's total loss.
+    """
+
+    def __init__(self, param, *, seed=None, device=None):
+        super().__init__()
+        self.param = param
+        self.phase = param.state.phase
+        generator = torch.Generator()
+        if seed is not None and seed >= 0:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        self.ctx = BuildContext(phase=self.phase, generator=generator,
+                                device=torch.device(device or "cpu"))
+        self.layers = nn.ModuleDict()
+        self.plan = []
+        self.blob_shapes = {}
+        self.input_names = []
+        self.learnable = []
+        self._build()
+        self.output_names = self._outputs()
+
+    def _build(self):
+        shapes = self.blob_shapes
+        owners = {}  # ParamSpec name -> (layer, blob name, layer name)
+        for lp in self.param.layer:
+            cls = layer_class(lp)
+            for b in lp.bottom:
+                if b not in shapes:
+                    raise CaffeError(f"layer '{lp.name}' (type {lp.type}): unknown bottom blob '{b}'; "
+                                     f"blobs so far: {', '.join(shapes) or 'none'}")
+            bottom_shapes = [shapes[b] for b in lp.bottom]
+            layer = cls(lp, bottom_shapes, self.ctx)
+            tops = layer.top_shapes(bottom_shapes)
+            for name, shape in zip(lp.top, tops):
+                shapes[name] = tuple(int(d) for d in shape)
+            key = _module_key(lp.name, self.layers)
+            self.layers[key] = layer
+            is_input = lp.type == "Input"
+            if is_input:
+                self.input_names.extend(lp.top)
+            self.plan.append(Step(key, tuple(lp.bottom), tuple(lp.top), _loss_weights(lp, cls), is_input))
+            self._register_params(layer, lp, owners)
+
+    def _register_params(self, layer, lp, owners):
+        """Apply ParamSpecs: share named params with their first owner, keep lr/decay mults."""
+        specs = list(lp.param)
+        if len(specs) > len(layer.blob_names):
+            raise CaffeError(f"layer '{lp.name}': {len(specs)} param specs given for "
+                             f"{len(layer.blob_names)} parameter blobs")
+        for i, name in enumerate(layer.blob_names):
+            spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
+            tensor = getattr(layer, name)
+            if spec.name and spec.name in owners:
+                owner, owner_blob, owner_layer = owners[spec.name]
+                shared = getattr(owner, owner_blob)
+                if not _shapes_match(shared, tensor, spec.share_mode):
+                    raise CaffeError(f"layer '{lp.name}': shared parameter '{spec.name}' has shape "
+                                     f"{tuple(tensor.shape)} here but {tuple(shared.shape)} in "
+                                     f"layer '{owner_layer}'")
+                if tuple(shared.shape) != tuple(tensor.shape):
+                    raise CaffeError(f"layer '{lp.name}': PERMISSIVE sharing of '{spec.name}' between "
+                                     f"shapes {tuple(tensor.shape)} and {tuple(shared.shape)} is not supported")
+                setattr(layer, name, shared)
+                continue
+            if spec.name:
+                owners[spec.name] = (layer, name, lp.name)
+            if isinstance(tensor, nn.Parameter) and spec.lr_mult == 0:
+                tensor.requires_grad_(False)
+            self.learnable.append(LearnableParam(tensor, spec.lr_mult, spec.decay_mult, lp.name, i))
+
+    def _outputs(self):
+        """Blobs produced and not consumed afterwards, sorted by name as Caffe's std::set orders them."""
+        available = set()
+        for step in self.plan:
+            available.difference_update(step.bottoms)
+            available.update(step.tops)
+        return sorted(available)
+
+    # ---- running ------------------------------------------------------------
+
+    def forward(self, **inputs):
+        blobs = {}
+        for step in self.plan:
+            layer = self.layers[step.key]
+            if step.is_input and all(t in inputs for t in step.tops):
+                out = tuple(inputs[t] for t in step.tops)
+            else:
+                out = layer(*[blobs[b] for b in step.bottoms])
+            if isinstance(out, torch.Tensor):
+                out = (out,)
+            blobs.update(zip(step.tops, out))
+        return blobs
+
+    def loss(self, blobs):
+        """Caffe's net loss: the sum over tops of loss_weight * sum(top)."""
+        total = None
+        for step in self.plan:
+            for top, w in zip(step.tops, step.loss_weights):
+                if w:
+                    term = w * blobs[top].sum()
+                    total = term if total is None else total + term
+        if total is None:
+            total = torch.zeros(())
+        return total
+
+    def loss_tops(self):
+        """{top name: loss weight} for every top that contributes to the loss."""
+        return {t: w for s in self.plan for t, w in zip(s.tops, s.loss_weights) if w}
+
+    # ---- weights ------------------------------------------------------------
+
+    def layer_by_name(self):
+        """{Caffe layer name: Layer} in prototxt order."""
+        return {self.layers[s.key].name: self.layers[s.key] for s in self.plan}
+
+    def copy_from(self, path):
+        """Load weights from a .caffemodel (any version) by layer name, as Caffe's CopyTrainedLayersFrom.
+
+        Source layers not in this net are ignored; a layer present in both must
+        have the same number of blobs and, blob by blob, the same shape (legacy
+        num/channels/height/width dims compare as Caffe's legacy 4-d shape).
+        """
+        self.copy_from_param(read_weights_param(path), os.fspath(path))
+
+    def copy_from_param(self, source, where="<weights>"):
+        by_name = self.layer_by_name()
+        for src in source.layer:
+            layer = by_name.get(src.name)
+            if layer is None or not len(src.blobs):
+                continue
+            targets = layer.blobs
+            if len(src.blobs) != len(targets):
+                raise CaffeError(f"{where}: layer '{src.name}' has {len(src.blobs)} blobs in the weights "
+                                 f"but {len(targets)} in the net")
+            for i, (blob, target) in enumerate(zip(src.blobs, targets)):
+                data = io.blob_to_array(blob)
+                if not _blob_fits(blob, tuple(target.shape)):
+                    raise CaffeError(
+                        f"{where}: cannot copy param {i} weights from layer '{src.name}'; shape mismatch. "
+                        f"Source param shape is {'x'.join(map(str, io.blob_shape(blob)))}; "
+                        f"target param shape is {'x'.join(map(str, target.shape))}")
+                with torch.no_grad():
+                    target.copy_(torch.from_numpy(data.reshape(tuple(target.shape))))
+
+    def to_proto(self, *, write_diff=False):
+        """The net as a NetParameter with every layer's blobs, as Caffe's Net::ToProto."""
+        out = caffe_pb2.NetParameter()
+        out.CopyFrom(self.param)
+        del out.layer[:]
+        for step in self.plan:
+            layer = self.layers[step.key]
+            lp = out.layer.add()
+            lp.CopyFrom(layer.param)
+            del lp.blobs[:]
+            for t in layer.blobs:
+                grad = t.grad if write_diff and t.grad is not None else None
+                io.array_to_blob(t.detach().cpu().numpy(),
+                                 None if grad is None else grad.detach().cpu().numpy(),
+                                 blob=lp.blobs.add())
+        return out
+
+    def save(self, path, *, write_diff=False):
+        """Write a .caffemodel that Caffe loads."""
+        io.write_binary(self.to_proto(write_diff=write_diff), path)
+
+
+def _blob_fits(blob, target_shape):
+    if blob.HasField("shape"):
+        return tuple(blob.shape.dim) == target_shape
+    if len(target_shape) > 4:
+        return False
+    legacy = (1,) * (4 - len(target_shape)) + target_shape
+    return (blob.num, blob.channels, blob.height, blob.width) == legacy
+
+
+def build_net(path_or_param, phase=caffe_pb2.TEST, *, level=None, stages=(), weights=None,
+              seed=None, device=None):
+    """parse, upgrade, filter, build and (optionally) load weights: the whole pipeline in one call."""
+    param = (read_net_param(path_or_param) if isinstance(path_or_param, (str, os.PathLike))
+             else path_or_param)
+    param = filter_net(param, net_state(param, phase, level, stages))
+    net = CaffeNet(param, seed=seed, device=device)
+    if weights:
+        for w in str(weights).split(","):
+            net.copy_from(w)
+    if device is not None:
+        net.to(device)
+    return net

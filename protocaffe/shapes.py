@@ -1,0 +1,30 @@
+"""Caffe's output-size arithmetic for convolution and pooling: pure integer code."""
+import math
+
+
+def conv_out(size, kernel, stride, pad, dilation=1):
+    """Convolution output size: ``(size + 2 pad - (dilation (kernel - 1) + 1)) // stride + 1``."""
+    extent = dilation * (kernel - 1) + 1
+    return (size + 2 * pad - extent) // stride + 1
+
+
+def deconv_out(size, kernel, stride, pad, dilation=1):
+    """Deconvolution output size: ``stride (size - 1) + dilation (kernel - 1) + 1 - 2 pad``."""
+    extent = dilation * (kernel - 1) + 1
+    return stride * (size - 1) + extent - 2 * pad
+
+
+def pool_out(size, kernel, stride, pad, ceil=True):
+    """Pooling output size as Caffe computes it.
+
+    ``ceil((size + 2 pad - kernel) / stride) + 1`` (``floor`` for round_mode
+    FLOOR); then, when there is padding and the last window would start at or
+    past ``size + pad`` (entirely in the padding), that window is dropped.
+    PyTorch's ``ceil_mode`` drops a window starting in the right padding too,
+    but not by this rule in every case, so protocaffe pads explicitly.
+    """
+    span = size + 2 * pad - kernel
+    out = (math.ceil(span / stride) if ceil else span // stride) + 1
+    if pad > 0 and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out

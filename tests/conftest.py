@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden"
+"""The fixtures BVLC Caffe produced (a copy of shared/golden; npz files recompressed, values unchanged)."""
+
+HAS_CUDA = torch.cuda.is_available()
+cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+@pytest.fixture
+def golden_cwd(monkeypatch):
+    """Run with the golden folder as working directory: its prototxt paths are relative to it."""
+    monkeypatch.chdir(GOLDEN)
+    return GOLDEN
+
+
+def assert_close(actual, expected, rtol=1e-4, atol=1e-5, what=""):
+    """float32 agreement: relative tolerance plus an absolute floor scaled to the data's magnitude."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)

@@ -1,0 +1,1 @@
+"""Per-family layer samples for tests/test_registry.py."""
