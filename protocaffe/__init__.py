@@ -1,5 +1,28 @@
-"""protocaffe: Caffe's prototxt nets, solvers and models, run on PyTorch."""
-from protocaffe.proto import caffe_pb2  # noqa: F401
+"""protocaffe: Caffe's prototxt nets, solvers and models, run on PyTorch.
 
-TRAIN = caffe_pb2.TRAIN
-TEST = caffe_pb2.TEST
+The public API, shaped like pycaffe's (``import protocaffe as caffe``):
+
+- ``Net(prototxt, [weights], phase)``, ``TRAIN``, ``TEST``
+- ``set_mode_cpu()``, ``set_mode_gpu()``, ``set_device(i)``
+- ``get_solver(path)``, ``SGDSolver(path)`` and the other solver types
+- ``CaffeNet`` / ``build_net``: the plain ``torch.nn.Module`` underneath
+- ``caffe_pb2``: the generated schema, as ``caffe.proto.caffe_pb2``
+"""
+from protocaffe.errors import CaffeError
+from protocaffe.net import CaffeNet, build_net
+from protocaffe.proto import caffe_pb2
+from protocaffe.pycaffe import Blob, Net, TEST, TRAIN, set_device, set_mode_cpu, set_mode_gpu
+
+__all__ = [
+    "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
+    "set_device", "set_mode_cpu", "set_mode_gpu",
+]
+
+try:  # the solver package is optional while it is being written
+    from protocaffe.solver import (  # noqa: F401
+        AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
+        get_solver)
+    __all__ += ["get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+                "AdaDeltaSolver", "AdamSolver"]
+except ImportError:
+    pass

@@ -217,9 +217,20 @@ class CaffeNet(nn.Module):
             available.update(step.tops)
         return sorted(available)
 
+    def _apply(self, fn, *args, **kwargs):
+        """Keep ``ctx.device`` in step with ``.to(device)``, so layers make new tensors there."""
+        out = super()._apply(fn, *args, **kwargs)
+        self.ctx.device = fn(torch.zeros(())).device
+        return out
+
     # ---- running ------------------------------------------------------------
 
     def forward(self, **inputs):
+        return self.run(inputs)[0]
+
+    def run(self, inputs, first=None):
+        """Run the plan; returns the blobs. If ``first`` is a dict, it receives the first
+        tensor produced under each name (the one an in-place layer's backward writes the diff of)."""
         blobs = {}
         for step in self.plan:
             layer = self.layers[step.key]
@@ -230,7 +241,10 @@ class CaffeNet(nn.Module):
             if isinstance(out, torch.Tensor):
                 out = (out,)
             blobs.update(zip(step.tops, out))
-        return blobs
+            if first is not None:
+                for name, t in zip(step.tops, out):
+                    first.setdefault(name, t)
+        return blobs, first
 
     def loss(self, blobs):
         """Caffe's net loss: the sum over tops of loss_weight * sum(top)."""

@@ -33,7 +33,7 @@ class Input(Layer):
         return list(self.shapes)
 
     def forward(self):
-        tops = tuple(torch.zeros(s) for s in self.shapes)
+        tops = tuple(torch.zeros(s, device=self.ctx.device) for s in self.shapes)
         return tops if len(tops) > 1 else tops[0]
 
 
@@ -65,7 +65,7 @@ class DummyData(Layer):
         return list(self.shapes)
 
     def forward(self):
-        tops = tuple(fill(torch.empty(s), f, self.ctx.generator)
+        tops = tuple(fill(torch.empty(s), f, self.ctx.generator).to(self.ctx.device)
                      for s, f in zip(self.shapes, self.fillers))
         return tops if len(tops) > 1 else tops[0]
 
