@@ -1,1 +1,297 @@
-"""(being written)"""
+"""Vision layers: Convolution, Deconvolution, Pooling, LRN, InnerProduct, Embed, Crop."""
+import torch
+import torch.nn.functional as F
+
+from protocaffe.layers.base import Layer, canonical_axis, count, register
+from protocaffe.proto import caffe_pb2
+from protocaffe.shapes import conv_out, deconv_out, pool_out
+
+
+def _pair(p, repeated, single_h, single_w, fallback):
+    """Caffe's two ways to give a 2-d size: a repeated field (one value or one per axis) or
+    the _h/_w pair. With neither, ``fallback`` (Caffe's built-in 0 pad, 1 stride/dilation)."""
+    if single_h and p.HasField(single_h):
+        return int(getattr(p, single_h)), int(getattr(p, single_w))
+    values = list(getattr(p, repeated)) if repeated else []
+    if len(values) == 1:
+        return int(values[0]), int(values[0])
+    if len(values) == 2:
+        return int(values[0]), int(values[1])
+    return fallback, fallback
+
+
+class _ConvBase(Layer):
+    blob_names = ("weight", "bias")
+
+    def setup(self, bottom_shapes):
+        p = self.param.convolution_param
+        if canonical_axis(p.axis, len(bottom_shapes[0]), self) != 1 or len(bottom_shapes[0]) != 4:
+            raise self.error(f"supports 4-axis (N, C, H, W) input with axis 1, found shape {bottom_shapes[0]}")
+        if not (len(p.kernel_size) or p.HasField("kernel_h")):
+            raise self.error("needs kernel_size, or kernel_h and kernel_w")
+        self.kernel = _pair(p, "kernel_size", "kernel_h", "kernel_w", None)
+        self.stride = _pair(p, "stride", "stride_h", "stride_w", 1)
+        self.pad = _pair(p, "pad", "pad_h", "pad_w", 0)
+        self.dilation = _pair(p, "dilation", None, None, 1)
+        self.group = p.group
+        channels = bottom_shapes[0][1]
+        if channels % self.group or p.num_output % self.group:
+            raise self.error(f"channels ({channels}) and num_output ({p.num_output}) must be "
+                             f"divisible by group ({self.group})")
+        self.add_blob("weight", self.weight_shape(channels, p.num_output), p.weight_filler)
+        if p.bias_term:
+            self.add_blob("bias", (p.num_output,), p.bias_filler)
+        else:
+            self.bias = None
+            self.blob_names = ("weight",)
+
+
+@register
+class Convolution(_ConvBase):
+    """(N, C, H, W) -> (N, num_output, H', W'), H' = (H + 2 pad - (dilation (k - 1) + 1)) / stride + 1.
+
+    Weight (num_output, C / group, kh, kw). Same arithmetic as ``F.conv2d``.
+    """
+    type = "Convolution"
+
+    def weight_shape(self, channels, num_output):
+        return (num_output, channels // self.group) + self.kernel
+
+    def top_shapes(self, bottom_shapes):
+        n, _, h, w = bottom_shapes[0]
+        return [(n, self.param.convolution_param.num_output)
+                + tuple(conv_out(s, k, st, p, d) for s, k, st, p, d in
+                        zip((h, w), self.kernel, self.stride, self.pad, self.dilation))]
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+
+
+@register
+class Deconvolution(_ConvBase):
+    """(N, C, H, W) -> (N, num_output, H', W'), H' = stride (H - 1) + dilation (k - 1) + 1 - 2 pad.
+
+    Weight (C, num_output / group, kh, kw): Caffe's layout is PyTorch's ``conv_transpose2d``'s.
+    """
+    type = "Deconvolution"
+
+    def weight_shape(self, channels, num_output):
+        return (channels, num_output // self.group) + self.kernel
+
+    def top_shapes(self, bottom_shapes):
+        n, _, h, w = bottom_shapes[0]
+        return [(n, self.param.convolution_param.num_output)
+                + tuple(deconv_out(s, k, st, p, d) for s, k, st, p, d in
+                        zip((h, w), self.kernel, self.stride, self.pad, self.dilation))]
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
+                                  self.dilation)
+
+
+@register
+class Pooling(Layer):
+    """MAX or AVE pooling, (N, C, H, W) -> (N, C, H', W') with Caffe's output size.
+
+    H' = ceil((H + 2 pad - k) / stride) + 1 (floor for round_mode FLOOR), less one when
+    the last window would start in the padding. Where Caffe differs from PyTorch:
+    the last window may run past the padded input (it is clipped, not dropped); MAX
+    never takes a padded value; AVE divides by the window clipped to H + pad, so
+    padding counts but the overhang beyond it does not. Implemented by padding
+    explicitly (-inf or 0) and dividing by a precomputed window-size map.
+    """
+    type = "Pooling"
+
+    def setup(self, bottom_shapes):
+        p = self.param.pooling_param
+        if len(bottom_shapes[0]) != 4:
+            raise self.error(f"needs a 4-axis (N, C, H, W) input, found shape {bottom_shapes[0]}")
+        self.method = p.pool
+        if self.method == caffe_pb2.PoolingParameter.STOCHASTIC:
+            raise self.error("STOCHASTIC pooling is not supported; use MAX or AVE")
+        self.global_pooling = p.global_pooling
+        self.pad = _pair(p, None, "pad_h", "pad_w", p.pad)
+        self.stride = _pair(p, None, "stride_h", "stride_w", p.stride)
+        if self.global_pooling:
+            self.pad, self.stride = (0, 0), (1, 1)
+        elif p.HasField("kernel_h"):
+            self.kernel = (p.kernel_h, p.kernel_w)
+        elif p.HasField("kernel_size"):
+            self.kernel = (p.kernel_size, p.kernel_size)
+        else:
+            raise self.error("needs kernel_size (or kernel_h and kernel_w) or global_pooling")
+        if not self.global_pooling and any(pd >= k for pd, k in zip(self.pad, self.kernel)):
+            raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+        self.ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL
+        self._divisors = {}
+
+    def _kernel(self, h, w):
+        return (h, w) if self.global_pooling else self.kernel
+
+    def _out(self, h, w):
+        k = self._kernel(h, w)
+        return tuple(pool_out(s, kk, st, pd, self.ceil) for s, kk, st, pd in
+                     zip((h, w), k, self.stride, self.pad))
+
+    def top_shapes(self, bottom_shapes):
+        n, c, h, w = bottom_shapes[0]
+        return [(n, c) + self._out(h, w)]
+
+    def _divisor(self, h, w, device):
+        """Per-output window sizes for AVE: each window clipped to [-pad, size + pad)."""
+        key = (h, w, device)
+        if key not in self._divisors:
+            sizes = []
+            for size, k, st, pd, out in zip((h, w), self._kernel(h, w), self.stride, self.pad,
+                                            self._out(h, w)):
+                start = torch.arange(out) * st - pd
+                sizes.append((torch.clamp(start + k, max=size + pd) - start).float())
+            self._divisors[key] = (sizes[0][:, None] * sizes[1][None, :]).to(device)
+        return self._divisors[key]
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        k = self._kernel(h, w)
+        out = self._out(h, w)
+        extra = [max(0, (o - 1) * st + kk - (s + pd)) for o, st, kk, s, pd in
+                 zip(out, self.stride, k, (h, w), self.pad)]
+        pads = (self.pad[1], self.pad[1] + extra[1], self.pad[0], self.pad[0] + extra[0])
+        if self.method == caffe_pb2.PoolingParameter.MAX:
+            if any(pads):
+                x = F.pad(x, pads, value=float("-inf"))
+            return F.max_pool2d(x, k, self.stride)
+        if any(pads):
+            x = F.pad(x, pads)
+        sums = F.avg_pool2d(x, k, self.stride, divisor_override=1)
+        return sums / self._divisor(h, w, x.device)
+
+
+@register
+class LRN(Layer):
+    """Local response normalization, (N, C, H, W) -> same shape.
+
+    ACROSS_CHANNELS: x / (k + alpha / n * sum of x^2 over n neighbouring channels)^beta.
+    WITHIN_CHANNEL: x / (1 + alpha / n^2 * sum of x^2 over an n x n patch)^beta; Caffe
+    ignores ``k`` here. PyTorch's LocalResponseNorm matches only the first, so both are
+    written out with average pooling of x^2 (zero padding counted, as Caffe does).
+    """
+    type = "LRN"
+
+    def setup(self, bottom_shapes):
+        p = self.param.lrn_param
+        if p.local_size % 2 == 0:
+            raise self.error(f"local_size must be odd, found {p.local_size}")
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, x):
+        half = (self.size - 1) // 2
+        sq = x * x
+        if self.across:
+            avg = F.avg_pool3d(sq.unsqueeze(1), (self.size, 1, 1), 1, (half, 0, 0)).squeeze(1)
+            scale = self.k + self.alpha * avg
+        else:
+            avg = F.avg_pool2d(sq, self.size, 1, half, count_include_pad=True)
+            scale = 1 + self.alpha * avg
+        return x * scale.pow(-self.beta)
+
+
+@register
+class InnerProduct(Layer):
+    """Fully connected: (d0, ..., d_{axis-1}, K...) -> (d0, ..., d_{axis-1}, num_output).
+
+    Everything from ``axis`` on is flattened to K. Weight (num_output, K), or
+    (K, num_output) with ``transpose: true``.
+    """
+    type = "InnerProduct"
+    blob_names = ("weight", "bias")
+
+    def setup(self, bottom_shapes):
+        p = self.param.inner_product_param
+        shape = bottom_shapes[0]
+        self.axis = canonical_axis(p.axis, len(shape), self)
+        k = count(shape, self.axis)
+        self.transpose = p.transpose
+        self.add_blob("weight", (k, p.num_output) if p.transpose else (p.num_output, k), p.weight_filler)
+        if p.bias_term:
+            self.add_blob("bias", (p.num_output,), p.bias_filler)
+        else:
+            self.bias = None
+            self.blob_names = ("weight",)
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0][:self.axis]) + (self.param.inner_product_param.num_output,)]
+
+    def forward(self, x):
+        x = x.flatten(self.axis) if self.axis < x.dim() - 1 else x
+        w = self.weight.t() if self.transpose else self.weight
+        return F.linear(x, w, self.bias)
+
+
+@register
+class Embed(Layer):
+    """Lookup table: indices of any shape (stored as floats) -> shape + (num_output,).
+
+    Weight (input_dim, num_output). No gradient flows to the indices.
+    """
+    type = "Embed"
+    blob_names = ("weight", "bias")
+
+    def setup(self, bottom_shapes):
+        p = self.param.embed_param
+        self.add_blob("weight", (p.input_dim, p.num_output), p.weight_filler)
+        if p.bias_term:
+            self.add_blob("bias", (p.num_output,), p.bias_filler)
+        else:
+            self.bias = None
+            self.blob_names = ("weight",)
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0]) + (self.param.embed_param.num_output,)]
+
+    def forward(self, x):
+        idx = x.detach().long()
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.weight.shape[0]):
+            raise self.error(f"indices must lie in [0, {self.weight.shape[0]}), found "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        out = F.embedding(idx, self.weight)
+        return out + self.bias if self.bias is not None else out
+
+
+@register
+class Crop(Layer):
+    """Crops bottom 0 to the shape of bottom 1 on every axis from ``axis`` on.
+
+    Offsets: none (0), one for all cropped axes, or one per cropped axis.
+    Only bottom 0 gets a gradient.
+    """
+    type = "Crop"
+    num_bottoms = 2
+
+    def setup(self, bottom_shapes):
+        p = self.param.crop_param
+        a, b = bottom_shapes
+        self.axis = canonical_axis(p.axis, len(a), self)
+        n = len(a) - self.axis
+        offsets = list(p.offset)
+        if len(offsets) not in (0, 1, n):
+            raise self.error(f"needs 0, 1 or {n} offsets, found {len(offsets)}")
+        self.offsets = [offsets[0] if len(offsets) == 1 else (offsets[i] if offsets else 0)
+                        for i in range(n)]
+        for i, off in enumerate(self.offsets):
+            d = self.axis + i
+            if off + b[d] > a[d]:
+                raise self.error(f"crop of axis {d} at offset {off} to size {b[d]} exceeds the input "
+                                 f"size {a[d]}")
+
+    def top_shapes(self, bottom_shapes):
+        a, b = bottom_shapes
+        return [tuple(a[:self.axis]) + tuple(b[self.axis:])]
+
+    def forward(self, x, like):
+        index = [slice(None)] * self.axis + [slice(off, off + like.shape[self.axis + i])
+                                             for i, off in enumerate(self.offsets)]
+        return x[tuple(index)]
