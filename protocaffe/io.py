@@ -97,13 +97,21 @@ def write_binary(msg, path):
 # ---- blobs -------------------------------------------------------------------
 
 def blob_shape(blob):
-    """The shape of a BlobProto: ``shape.dim`` if set, else the legacy num/channels/height/width."""
+    """The shape of a BlobProto: ``shape.dim`` if set, else the legacy num/channels/height/width.
+
+    With neither, the blob is a 0-axis scalar, as Caffe writes one (``shape`` left unset).
+    """
     if blob.HasField("shape"):
         return tuple(int(d) for d in blob.shape.dim)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+    if is_legacy_blob(blob):
         return (blob.num, blob.channels, blob.height, blob.width)
-    n = len(blob.double_data) if len(blob.double_data) else len(blob.data)
-    return (n,)
+    return ()
+
+
+def is_legacy_blob(blob):
+    """True when the blob's shape is in the old num/channels/height/width fields."""
+    return not blob.HasField("shape") and any(
+        blob.HasField(f) for f in ("num", "channels", "height", "width"))
 
 
 def blob_to_array(blob, *, diff=False):

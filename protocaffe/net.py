@@ -320,8 +320,9 @@ class CaffeNet(nn.Module):
 
 
 def _blob_fits(blob, target_shape):
-    if blob.HasField("shape"):
-        return tuple(blob.shape.dim) == target_shape
+    """Caffe's ShapeEquals: legacy dims compare as the target's 4-d legacy shape."""
+    if not io.is_legacy_blob(blob):
+        return io.blob_shape(blob) == target_shape
     if len(target_shape) > 4:
         return False
     legacy = (1,) * (4 - len(target_shape)) + target_shape
