@@ -205,9 +205,11 @@ class CaffeNet(nn.Module):
                 continue
             if spec.name:
                 owners[spec.name] = (layer, name, lp.name)
-            if isinstance(tensor, nn.Parameter) and spec.lr_mult == 0:
+            # statistics kept as buffers (BatchNorm) get lr_mult 0, as Caffe forces for them
+            lr_mult = spec.lr_mult if isinstance(tensor, nn.Parameter) else 0.0
+            if isinstance(tensor, nn.Parameter) and lr_mult == 0:
                 tensor.requires_grad_(False)
-            self.learnable.append(LearnableParam(tensor, spec.lr_mult, spec.decay_mult, lp.name, i))
+            self.learnable.append(LearnableParam(tensor, lr_mult, spec.decay_mult, lp.name, i))
 
     def _outputs(self):
         """Blobs produced and not consumed afterwards, sorted by name as Caffe's std::set orders them."""
