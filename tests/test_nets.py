@@ -104,10 +104,13 @@ def test_pycaffe_style_api():
     assert_close(out["prob"], ref["blob_prob"], what="prob")
     assert_close(net.blobs["pool5"].data, ref["blob_pool5"], what="pool5")
     assert net.params["conv1"][0].data.shape == (12, 3, 11, 11)
-    net.params["fc8"][1].data[...] = 0  # numpy views write through
-    assert torch.all(net.layer_dict["fc8"].bias == 0)
+    net.params["fc8"][0].data[...] = 0  # numpy views write through
+    net.params["fc8"][1].data[...] = 0
+    assert torch.all(net.layer_dict["fc8"].weight == 0)
     out2 = net.forward(data=ref["blob_data"])
-    assert not np.allclose(out2["prob"], ref["blob_prob"])
+    np.testing.assert_allclose(out2["prob"], np.full((1, 10), 0.1), rtol=1e-6)
+    net.backward(prob=np.ones((1, 10)))
+    assert net.blobs["fc8"].diff.shape == (1, 10)
 
 
 def test_save_round_trips(tmp_path):
