@@ -1,0 +1,121 @@
+"""The data layers against Caffe's Data-layer batches, and their augmentation and errors."""
+import numpy as np
+import pytest
+import torch
+
+import protocaffe
+from conftest import GOLDEN, HAS_CUDA
+from protocaffe.io import parse_text
+from protocaffe.net import build_net
+from protocaffe.proto import caffe_pb2
+
+CASES = {
+    "meanfile": ("data/train_lmdb", 'crop_size: 28 scale: 0.015625 mean_file: "data/mean.binaryproto"'),
+    "meanvalue": ("data/train_lmdb", "crop_size: 28 mean_value: 104 mean_value: 117 mean_value: 123"),
+    "encoded_nocrop": ("data/train_lmdb_enc", 'mean_file: "data/mean.binaryproto"'),
+}
+
+
+def data_net(source, transform, phase=caffe_pb2.TEST, batch=8, extra=""):
+    text = (f'layer {{ name: "data" type: "Data" top: "data" top: "label" '
+            f'transform_param {{ {transform} }} '
+            f'data_param {{ source: "{source}" batch_size: {batch} backend: LMDB {extra} }} }}')
+    return build_net(parse_text(text, caffe_pb2.NetParameter), phase, seed=5)
+
+
+def check_case(name, device):
+    ref = np.load(GOLDEN / "data" / "data_test.npz")
+    net = data_net(*CASES[name]).to(device)
+    for i in range(3):
+        blobs = net()
+        assert blobs["data"].device.type == device
+        np.testing.assert_array_equal(blobs["data"].cpu().numpy(), ref[f"{name}_data_{i}"])
+        np.testing.assert_array_equal(blobs["label"].cpu().numpy(), ref[f"{name}_label_{i}"])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_test_phase_batches_equal_caffe(golden_cwd, name):
+    check_case(name, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_test_phase_batches_equal_caffe_on_cuda(golden_cwd, name):
+    check_case(name, "cuda")
+
+
+def test_train_crops_lie_inside_and_half_are_mirrored(golden_cwd):
+    from protocaffe.data.db import Cursor, decode_datum
+    cursor = Cursor("data/train_lmdb")
+    images = np.stack([decode_datum(cursor.next()[1], "")[0] for _ in range(40)]).astype(np.float32)
+    net = data_net("data/train_lmdb", "crop_size: 20 mirror: true", caffe_pb2.TRAIN, batch=40)
+    mirrored = 0
+    for _ in range(5):
+        out = net()["data"].numpy()
+        for img, crop in zip(images, out):
+            hits = [(y, x, flip) for y in range(13) for x in range(13) for flip in (False, True)
+                    if np.array_equal(img[:, y:y + 20, x:x + 20][..., ::-1] if flip else
+                                      img[:, y:y + 20, x:x + 20], crop)]
+            assert hits, "a crop that is not a window of its image"
+            mirrored += hits[0][2]
+    assert 60 <= mirrored <= 140  # about half of 200
+
+
+def test_cursor_continues_and_wraps(golden_cwd):
+    net = data_net("data/train_lmdb", "", batch=16)
+    labels = np.concatenate([net()["label"].numpy() for _ in range(5)])  # 80 records of 40
+    np.testing.assert_array_equal(labels[:40], labels[40:])
+
+
+def test_missing_database_names_layer_and_path(golden_cwd):
+    with pytest.raises(protocaffe.CaffeError, match=r"layer 'data'.*data/nope.*no LMDB"):
+        data_net("data/nope", "")
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "data.mdb").write_bytes(b"not an lmdb" * 100)
+    with pytest.raises(protocaffe.CaffeError, match=r"layer 'data'.*cannot open as LMDB"):
+        data_net(str(tmp_path / "bad"), "")
+
+
+def test_mean_size_mismatch(golden_cwd):
+    with pytest.raises(protocaffe.CaffeError, match=r"mean file .* has shape \(3, 32, 32\).*\(1, 32, 32\)"):
+        data_net("data/train_lmdb", 'force_gray: true mean_file: "data/mean.binaryproto"')
+
+
+def test_leveldb_is_refused_with_the_alternative(golden_cwd):
+    text = ('layer { name: "d" type: "Data" top: "data" '
+            'data_param { source: "data/train_lmdb" batch_size: 2 backend: LEVELDB } }')
+    with pytest.raises(protocaffe.CaffeError, match="LEVELDB backend is not supported.*LMDB"):
+        build_net(parse_text(text, caffe_pb2.NetParameter))
+
+
+def test_memory_data_feeds_arrays():
+    text = ('layer { name: "m" type: "MemoryData" top: "data" top: "label" transform_param { scale: 0.5 } '
+            'memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 } }')
+    net = build_net(parse_text(text, caffe_pb2.NetParameter))
+    layer = net.layer_by_name()["m"]
+    data = np.arange(24, dtype=np.float32).reshape(4, 1, 2, 3)
+    layer.set_input_arrays(data, [0, 1, 2, 3])
+    first, second, third = net(), net(), net()
+    np.testing.assert_array_equal(first["data"].numpy(), data[:2] * 0.5)
+    np.testing.assert_array_equal(second["label"].numpy(), [2, 3])
+    np.testing.assert_array_equal(third["data"].numpy(), data[:2] * 0.5)
+    with pytest.raises(protocaffe.CaffeError, match="multiple of batch_size"):
+        layer.set_input_arrays(data[:3], [0, 1, 2])
+
+
+def test_image_data_reads_list(golden_cwd):
+    text = ('layer { name: "img" type: "ImageData" top: "data" top: "label" '
+            'image_data_param { source: "data/list.txt" root_folder: "data/images/" batch_size: 4 '
+            'new_height: 32 new_width: 32 } }')
+    net = build_net(parse_text(text, caffe_pb2.NetParameter))
+    from protocaffe.data.db import Cursor, decode_datum
+    cursor = Cursor("data/train_lmdb")
+    ref = [decode_datum(cursor.next()[1], "") for _ in range(4)]
+    out = net()
+    # convert_imageset made train_lmdb from the same list with the same resize
+    np.testing.assert_array_equal(out["data"].numpy(), np.stack([r[0] for r in ref]).astype(np.float32))
+    np.testing.assert_array_equal(out["label"].numpy(), [r[1] for r in ref])
