@@ -223,6 +223,7 @@ def array_to_datum(arr, label=0, *, encode=None):
         datum.encoded = True
     elif arr.dtype == np.uint8:
         datum.data = arr.tobytes()
+        datum.encoded = False  # Caffe's CVMatToDatum writes the field explicitly
     else:
         datum.float_data.extend(arr.astype(np.float32).ravel().tolist())
     return datum

@@ -119,3 +119,53 @@ def test_image_data_reads_list(golden_cwd):
     # convert_imageset made train_lmdb from the same list with the same resize
     np.testing.assert_array_equal(out["data"].numpy(), np.stack([r[0] for r in ref]).astype(np.float32))
     np.testing.assert_array_equal(out["label"].numpy(), [r[1] for r in ref])
+
+
+def lmdb_records(path):
+    import lmdb
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        return list(txn.cursor())
+
+
+def test_convert_imageset_writes_caffes_records(golden_cwd, tmp_path):
+    from protocaffe.cli import main
+    assert main(["convert_imageset", "--resize_height=32", "--resize_width=32", "data/images/",
+                 "data/list.txt", str(tmp_path / "db")]) == 0
+    assert lmdb_records(tmp_path / "db") == lmdb_records(GOLDEN / "data" / "train_lmdb")
+
+
+def test_convert_imageset_encoded_has_caffes_pixels(golden_cwd, tmp_path):
+    from protocaffe.cli import main
+    from protocaffe.data.db import decode_datum
+    assert main(["convert_imageset", "-encoded", "-encode_type", "png", "-resize_height", "32",
+                 "-resize_width", "32", "data/images/", "data/list.txt", str(tmp_path / "enc")]) == 0
+    ours, theirs = lmdb_records(tmp_path / "enc"), lmdb_records(GOLDEN / "data" / "train_lmdb_enc")
+    assert [k for k, _ in ours] == [k for k, _ in theirs]
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert np.array_equal(decode_datum(a, "")[0], decode_datum(b, "")[0])
+
+
+def test_convert_imageset_errors(golden_cwd, tmp_path, capsys):
+    from protocaffe.cli import main
+    assert main(["convert_imageset", "data/images/", "data/missing.txt", str(tmp_path / "x")]) == 1
+    assert "data/missing.txt: cannot read the image list" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_text("img_00.png zero\n")
+    assert main(["convert_imageset", "data/images/", str(tmp_path / "bad.txt"), str(tmp_path / "y")]) == 1
+    assert "bad.txt:1: expected 'path label'" in capsys.readouterr().err
+    assert main(["convert_imageset", "data/images/", "data/list.txt", "data/train_lmdb"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_convert_imageset_skips_unreadable_images(golden_cwd, tmp_path):
+    from protocaffe.cli import main
+    (tmp_path / "list.txt").write_text("img_00.png 0\nmissing.png 1\nimg_01.png 1\n")
+    assert main(["convert_imageset", "data/images/", str(tmp_path / "list.txt"), str(tmp_path / "db")]) == 0
+    assert [k for k, _ in lmdb_records(tmp_path / "db")] == [b"00000000_img_00.png", b"00000002_img_01.png"]
+
+
+def test_compute_image_mean_equals_caffes(golden_cwd, tmp_path, capsys):
+    from protocaffe.cli import main
+    assert main(["compute_image_mean", "data/train_lmdb", str(tmp_path / "mean.binaryproto")]) == 0
+    assert (tmp_path / "mean.binaryproto").read_bytes() == (GOLDEN / "data" / "mean.binaryproto").read_bytes()
+    assert "mean_value channel [0]: 39.306" in capsys.readouterr().out
