@@ -122,8 +122,8 @@ def test_image_data_reads_list(golden_cwd):
 
 
 def lmdb_records(path):
-    import lmdb
-    env = lmdb.open(str(path), readonly=True, lock=False)
+    from protocaffe.data.db import open_lmdb
+    env = open_lmdb(str(path))
     with env.begin() as txn:
         return list(txn.cursor())
 
