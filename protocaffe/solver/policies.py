@@ -1,0 +1,49 @@
+"""Caffe's learning-rate policies: pure functions of the solver settings and the iteration.
+
+Each takes (SolverParameter p, iteration it, multistep position step) and returns
+(rate, step); only ``multistep`` moves the step. Computed in double, used as float32.
+"""
+import math
+
+
+def fixed(p, it, step):
+    """base_lr"""
+    return p.base_lr, step
+
+
+def step_(p, it, step):
+    """base_lr * gamma ^ floor(it / stepsize)"""
+    return p.base_lr * math.pow(p.gamma, it // p.stepsize), step
+
+
+def exp(p, it, step):
+    """base_lr * gamma ^ it"""
+    return p.base_lr * math.pow(p.gamma, it), step
+
+
+def inv(p, it, step):
+    """base_lr * (1 + gamma * it) ^ -power"""
+    return p.base_lr * math.pow(1.0 + p.gamma * it, -p.power), step
+
+
+def multistep(p, it, step):
+    """base_lr * gamma ^ step, where step advances by one each time it reaches the next stepvalue"""
+    if step < len(p.stepvalue) and it >= p.stepvalue[step]:
+        step += 1
+        from protocaffe.log import LOGGER
+        LOGGER.info("MultiStep Status: Iteration %d, step = %d", it, step)
+    return p.base_lr * math.pow(p.gamma, step), step
+
+
+def poly(p, it, step):
+    """base_lr * (1 - it / max_iter) ^ power"""
+    return p.base_lr * math.pow(1.0 - float(it) / p.max_iter, p.power), step
+
+
+def sigmoid(p, it, step):
+    """base_lr / (1 + exp(-gamma * (it - stepsize)))"""
+    return p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (it - p.stepsize)))), step
+
+
+POLICIES = {"fixed": fixed, "step": step_, "exp": exp, "inv": inv, "multistep": multistep,
+            "poly": poly, "sigmoid": sigmoid}
