@@ -1,0 +1,50 @@
+"""Flags and helpers shared by Caffe's subcommands."""
+import torch
+
+from protocaffe.errors import CaffeError
+from protocaffe.log import LOGGER as log
+
+
+def parse_gpu(value):
+    """Caffe's --gpu: '' for the CPU, an id, 'all', or a list. One device only until scale-out lands."""
+    if value in (None, ""):
+        return None
+    ids = list(range(torch.cuda.device_count())) if value == "all" else value.split(",")
+    if value == "all" and not ids:
+        raise CaffeError("--gpu all: no CUDA device is available")
+    if len(ids) > 1:
+        raise CaffeError(f"--gpu {value}: training on several devices at once is not supported yet "
+                         "(it comes with the torch.distributed scale-out); give one device id")
+    try:
+        gpu = int(ids[0])
+    except ValueError:
+        raise CaffeError(f"--gpu expects a device id, 'all' or nothing; found '{value}'") from None
+    if not torch.cuda.is_available():
+        raise CaffeError(f"--gpu {gpu}: no CUDA device is available on this machine")
+    if gpu >= torch.cuda.device_count():
+        raise CaffeError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return gpu
+
+
+def device_for(gpu):
+    if gpu is None:
+        log.info("Use CPU.")
+        return torch.device("cpu")
+    log.info("Use GPU with device ID %d", gpu)
+    return torch.device("cuda", gpu)
+
+
+def add_net_flags(f, iterations=50):
+    f.flag("model", "", "the model definition protocol buffer text file")
+    f.flag("weights", "", "the pretrained weights (.caffemodel), comma-separated for several")
+    f.flag("iterations", iterations, "the number of iterations to run")
+    f.flag("gpu", "", "the GPU id to use; empty for the CPU")
+    f.flag("phase", "", "network phase (TRAIN or TEST)")
+    f.flag("level", 0, "network level")
+    f.flag("stage", "", "network stages, comma-separated")
+    f.flag("log_dir", "", "also write the log to a file in this folder")
+    return f
+
+
+def stages(args):
+    return [s for s in args.stage.split(",") if s]

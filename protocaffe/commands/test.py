@@ -1,0 +1,53 @@
+"""``protocaffe test --model M --weights W [--iterations 50] [--gpu N]``: Caffe's ``caffe test``.
+
+Runs the net in the TEST phase for the given number of batches, logs every output
+per batch, then each output averaged over the batches.
+"""
+import numpy as np
+import torch
+
+from protocaffe import log as logs
+from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, stages
+from protocaffe.errors import CaffeError
+from protocaffe.flags import Flags
+from protocaffe.log import LOGGER as log, g
+from protocaffe.net import build_net
+from protocaffe.proto import caffe_pb2
+
+
+def score(net, iterations):
+    """Each output's values summed over ``iterations`` forward passes, and the mean loss."""
+    sums, loss = {}, 0.0
+    with torch.no_grad():
+        for i in range(iterations):
+            blobs = net()
+            loss += float(net.loss(blobs))
+            k = 0
+            for name in net.output_names:
+                for v in np.atleast_1d(blobs[name].double().cpu().numpy()).ravel():
+                    log.info("Batch %d, %s = %s", i, name, g(float(np.float32(v))))
+                    sums[(k, name)] = sums.get((k, name), 0.0) + float(np.float32(v))
+                    k += 1
+    return sums, loss / iterations
+
+
+def run(argv):
+    args = add_net_flags(Flags("test", __doc__.splitlines()[0])).parse(argv)
+    logs.setup(args.log_dir or None)
+    if not args.model:
+        raise CaffeError("need a model definition to score: --model <file>")
+    if not args.weights:
+        raise CaffeError("need model weights to score: --weights <file.caffemodel>")
+    device = device_for(parse_gpu(args.gpu))
+    net = build_net(args.model, caffe_pb2.TEST, level=args.level, stages=stages(args),
+                    weights=args.weights, device=device)
+    log.info("Running for %d iterations.", args.iterations)
+    sums, loss = score(net, args.iterations)
+    log.info("Loss: %s", g(loss))
+    weights = net.loss_tops()
+    for (_, name), total in sums.items():
+        mean = float(np.float32(total / args.iterations))
+        w = weights.get(name, 0.0)
+        extra = f" (* {g(w)} = {g(w * mean)} loss)" if w else ""
+        log.info("%s = %s%s", name, g(mean), extra)
+    return 0
