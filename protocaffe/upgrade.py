@@ -228,22 +228,24 @@ def net_needs_input_upgrade(net):
 
 def upgrade_net_input(net, source):
     """``input`` with ``input_shape`` (one per input, or one for all) or ``input_dim`` (4 per input)
-    becomes one ``Input`` layer at the front, named "input"."""
+    becomes one ``Input`` layer at the front, named "input" as Caffe names it. A legacy
+    .caffemodel lists inputs without shapes: there the fields are simply dropped."""
     out = _copy(net)
     n = len(net.input)
+    if not len(net.input_shape) and not len(net.input_dim):
+        del out.input[:]
+        return out
     layer = caffe_pb2.LayerParameter(name="input", type="Input")
     layer.top.extend(net.input)
     if len(net.input_shape):
         if len(net.input_shape) not in (1, n):
             raise CaffeError(f"{source}: {n} inputs need 1 or {n} input_shape, found {len(net.input_shape)}")
         layer.input_param.shape.extend(net.input_shape)
-    elif len(net.input_dim):
+    else:
         if len(net.input_dim) != 4 * n:
             raise CaffeError(f"{source}: {n} inputs need {4 * n} input_dim values, found {len(net.input_dim)}")
         for i in range(n):
             layer.input_param.shape.add().dim.extend(net.input_dim[4 * i:4 * i + 4])
-    else:
-        raise CaffeError(f"{source}: net inputs {list(net.input)} have no input_shape or input_dim")
     del out.input[:]
     del out.input_shape[:]
     del out.input_dim[:]
