@@ -3,7 +3,8 @@
 Samples live in ``tests/samples/*.py`` as ``SAMPLES = {type: (layer prototxt, bottom shapes[, opts])}``;
 bottoms named b0, b1, ... and tops t0, t1, ... A type registered without a sample fails here.
 opts: ``phase``, ``make_bottom(i, shape, generator)``, ``gradcheck`` (False where Caffe has no
-backward), ``grad_inputs`` (the bottoms that get gradients; labels do not).
+backward), ``grad_inputs`` (the bottoms that get gradients; labels do not), ``prepare(layer)``
+(called before the forward pass), ``dtype``.
 """
 import importlib
 import pkgutil
@@ -34,10 +35,11 @@ def test_sample_builds_runs_and_infers_shapes(type_):
     assert lp.type == type_
     ctx = BuildContext(phase=opts.get("phase", caffe_pb2.TEST), generator=torch.Generator().manual_seed(0))
     layer = LAYERS[type_](lp, bottom_shapes, ctx)
+    layer = layer.to(opts.get("dtype", torch.float64))
     gen = torch.Generator().manual_seed(1)
     bottoms = [opts.get("make_bottom", lambda i, s, g: torch.randn(s, generator=g, dtype=torch.float64))(i, s, gen)
                for i, s in enumerate(bottom_shapes)]
-    layer = layer.double()
+    opts.get("prepare", lambda layer: None)(layer)
     out = layer(*bottoms)
     out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
     assert len(out) == len(lp.top)
