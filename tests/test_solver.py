@@ -127,3 +127,36 @@ def test_lr_policies_by_formula():
         rate, step = POLICIES["multistep"](p, it, step)
         rates.append(rate)
     assert rates == pytest.approx([0.1] * 3 + [0.05] * 4 + [0.025] * 2)
+
+
+def test_plateau_policy_follows_a_scripted_sequence_of_test_losses():
+    from protocaffe.proto import caffe_pb2
+    from protocaffe.solver.policies import plateau_observe
+    p = caffe_pb2.SolverParameter(base_lr=0.01, gamma=0.1, lr_policy="plateau", plateau_patience=2,
+                                  plateau_max_drops=2)
+    losses = [1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.72, 0.71, 0.74, 0.73, 0.9]
+    best, wait, step, rates = None, 0, 0, []
+    for loss in losses:
+        best, wait, step = plateau_observe(p, loss, False, best, wait, step)
+        rates.append(POLICIES["plateau"](p, 0, step)[0])
+    # improvements at 1.0, 0.8, 0.7; two rounds without one after 0.8 and after 0.7 -> two drops,
+    # and no third drop however long the plateau lasts
+    assert rates == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 0.0001, 0.0001, 0.0001,
+                                   0.0001, 0.0001])
+    best, wait, step = plateau_observe(p, 0.5, True, 0.6, 0, 0)  # accuracy: higher is better
+    assert (best, wait, step) == (0.6, 1, 0)
+
+
+def test_plateau_policy_in_a_solver_run(golden_cwd, tmp_path, captured):
+    p = read_solver_param(GOLDEN / "solver" / "sgd_step_caffenet" / "solver.prototxt")
+    p.lr_policy, p.plateau_output, p.plateau_patience = "plateau", "accuracy", 1
+    p.test_interval, p.max_iter, p.snapshot = 2, 8, 4
+    p.base_lr = 0.0  # nothing learns, so accuracy never improves after the first round
+    p.snapshot_prefix = str(tmp_path / "snap")
+    solver = get_solver(p)
+    solver.solve()
+    assert solver.current_step == 3  # plateau_max_drops defaults to 3
+    assert any("Plateau Status" in line for line in captured)
+    again = get_solver(p)
+    again.restore(str(tmp_path / "snap_iter_4.solverstate"))
+    assert again.current_step == 1 and again.plateau_best == solver.plateau_best

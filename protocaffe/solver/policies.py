@@ -45,5 +45,25 @@ def sigmoid(p, it, step):
     return p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (it - p.stepsize)))), step
 
 
+def plateau(p, it, step):
+    """base_lr * gamma ^ step, where step counts the drops made by plateau_observe (protocaffe's)"""
+    return p.base_lr * math.pow(p.gamma, step), step
+
+
+def plateau_observe(p, value, higher_is_better, best, wait, step):
+    """One test round of the plateau policy: returns the new (best, wait, step).
+
+    An improvement resets the wait; after ``plateau_patience`` rounds without one the
+    step advances (the rate divides by 1/gamma), at most ``plateau_max_drops`` times.
+    """
+    improved = best is None or (value > best if higher_is_better else value < best)
+    if improved:
+        return value, 0, step
+    wait += 1
+    if wait >= p.plateau_patience and step < p.plateau_max_drops:
+        return best, 0, step + 1
+    return best, wait, step
+
+
 POLICIES = {"fixed": fixed, "step": step_, "exp": exp, "inv": inv, "multistep": multistep,
-            "poly": poly, "sigmoid": sigmoid}
+            "poly": poly, "sigmoid": sigmoid, "plateau": plateau}

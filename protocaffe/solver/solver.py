@@ -22,7 +22,7 @@ from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
 from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
-from protocaffe.solver.policies import POLICIES
+from protocaffe.solver.policies import POLICIES, plateau_observe
 from protocaffe.solver.updates import HISTORY, RULES, regularize
 from protocaffe.upgrade import upgrade_net, upgrade_solver
 
@@ -117,6 +117,7 @@ class Solver:
         self.history = [[torch.zeros_like(lp.tensor) for _ in range(HISTORY[p.type])] for lp in self.params]
         self.iter = 0
         self.current_step = 0
+        self.plateau_best, self.plateau_wait = None, 0
         self.losses = []
         self.smoothed_loss = 0.0
         self.requested_action = None
@@ -260,7 +261,25 @@ class Solver:
     # ---- testing --------------------------------------------------------------------------
 
     def test_all(self):
-        return [self.test(i) for i in range(len(self.test_nets))]
+        results = [self.test(i) for i in range(len(self.test_nets))]
+        if self.param.lr_policy == "plateau" and results:
+            self._observe_plateau(results[0])
+        return results
+
+    def _observe_plateau(self, outputs):
+        name = self.param.plateau_output
+        if name not in outputs:
+            raise CaffeError(f"plateau_output '{name}' is not an output of test net 0; "
+                             f"outputs: {', '.join(outputs)}")
+        value = float(np.ravel(outputs[name])[0])
+        higher_is_better = name not in self.test_nets[0].loss_tops()
+        before = self.current_step
+        self.plateau_best, self.plateau_wait, self.current_step = plateau_observe(
+            self.param, value, higher_is_better, self.plateau_best, self.plateau_wait, self.current_step)
+        if self.current_step != before:
+            log.info("Plateau Status: Iteration %d, %s has not improved on %s for %d test rounds, "
+                     "step = %d", self.iter, name, g(self.plateau_best), self.param.plateau_patience,
+                     self.current_step)
 
     def test(self, i):
         """Run test net i for test_iter batches; log and return each output averaged."""
@@ -296,6 +315,8 @@ class Solver:
         log.info("Snapshotting to binary proto file %s", model)
         self.net.save(model, write_diff=self.param.snapshot_diff)
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model, current_step=self.current_step)
+        if self.plateau_best is not None:
+            state.plateau_best, state.plateau_wait = self.plateau_best, self.plateau_wait
         for group in range(max(len(h) for h in self.history) if self.history else 0):
             for hist in self.history:
                 io.array_to_blob(hist[group].detach().cpu().numpy(), blob=state.history.add())
@@ -318,6 +339,8 @@ class Solver:
                 learned = beside if os.path.exists(beside) else learned
             self.net.copy_from(learned)
         self.iter, self.current_step = state.iter, state.current_step
+        if state.HasField("plateau_best"):
+            self.plateau_best, self.plateau_wait = state.plateau_best, state.plateau_wait
         for k, blob in enumerate(state.history):
             target = self.history[k % n][k // n]
             data = io.blob_to_array(blob)
