@@ -136,7 +136,8 @@ def _shapes_match(a, b, mode):
 class CaffeNet(nn.Module):
     """A filtered NetParameter as a module: one submodule per layer, run in prototxt order.
 
-    ``forward(**inputs)`` takes tensors for the Input tops and returns a dict of
+    ``forward(**inputs)`` takes tensors for the Input tops (or for the tops of any layer
+    without bottoms, such as a Data layer, which is then skipped) and returns a dict of
     every blob by name (in-place layers rebind their blob's name to the new
     tensor). ``loss(blobs)`` gives Caffe's total loss.
     """
@@ -236,7 +237,7 @@ class CaffeNet(nn.Module):
         blobs = {}
         for step in self.plan:
             layer = self.layers[step.key]
-            if step.is_input and all(t in inputs for t in step.tops):
+            if not step.bottoms and all(t in inputs for t in step.tops):
                 out = tuple(inputs[t] for t in step.tops)
             else:
                 out = layer(*[blobs[b] for b in step.bottoms])

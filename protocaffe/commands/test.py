@@ -1,7 +1,9 @@
-"""``protocaffe test --model M --weights W [--iterations 50] [--gpu N]``: Caffe's ``caffe test``.
+"""``protocaffe test --model M --weights W [--iterations 50] [--gpu N] [--oversample] [--ensemble B,C]``
 
-Runs the net in the TEST phase for the given number of batches, logs every output
-per batch, then each output averaged over the batches.
+Caffe's ``caffe test``: runs the net in the TEST phase for the given number of
+batches, logs every output per batch, then each output averaged over the batches.
+``--oversample`` (ten crops) and ``--ensemble`` (more weights of the same net) are
+the AlexNet paper's test-time methods; see protocaffe/evaluate.py.
 """
 import numpy as np
 import torch
@@ -9,6 +11,7 @@ import torch
 from protocaffe import log as logs
 from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, stages
 from protocaffe.errors import CaffeError
+from protocaffe.evaluate import score_averaged
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, g
 from protocaffe.net import build_net
@@ -32,7 +35,10 @@ def score(net, iterations):
 
 
 def run(argv):
-    args = add_net_flags(Flags("test", __doc__.splitlines()[0])).parse(argv)
+    f = add_net_flags(Flags("test", __doc__.splitlines()[0]))
+    f.flag("oversample", False, "average the softmax over ten crops of each image (corners, centre, mirrors)")
+    f.flag("ensemble", "", "more .caffemodel files of the same net, comma-separated, to average with --weights")
+    args = f.parse(argv)
     logs.setup(args.log_dir or None)
     if not args.model:
         raise CaffeError("need a model definition to score: --model <file>")
@@ -42,11 +48,27 @@ def run(argv):
     net = build_net(args.model, caffe_pb2.TEST, level=args.level, stages=stages(args),
                     weights=args.weights, device=device)
     log.info("Running for %d iterations.", args.iterations)
+    if args.oversample or args.ensemble:
+        return _run_averaged(args, net, device)
     sums, loss = score(net, args.iterations)
     log.info("Loss: %s", g(loss))
     weights = net.loss_tops()
     for (_, name), total in sums.items():
         mean = float(np.float32(total / args.iterations))
+        w = weights.get(name, 0.0)
+        extra = f" (* {g(w)} = {g(w * mean)} loss)" if w else ""
+        log.info("%s = %s%s", name, g(mean), extra)
+    return 0
+
+
+def _run_averaged(args, net, device):
+    members = [net] + [build_net(args.model, caffe_pb2.TEST, level=args.level, stages=stages(args),
+                                 weights=w, device=device) for w in args.ensemble.split(",") if w]
+    log.info("Averaging the softmax of %d net(s)%s", len(members),
+             " over ten crops of each image" if args.oversample else "")
+    means = score_averaged(members, args.iterations, args.oversample)
+    weights = net.loss_tops()
+    for name, mean in means.items():
         w = weights.get(name, 0.0)
         extra = f" (* {g(w)} = {g(w * mean)} loss)" if w else ""
         log.info("%s = %s%s", name, g(mean), extra)
