@@ -19,6 +19,7 @@ COMMANDS = {
     # caffe's tools
     "convert_imageset": "protocaffe.data.convert_imageset",
     "compute_image_mean": "protocaffe.data.compute_image_mean",
+    "compute_pca": "protocaffe.data.pca",
     "make_shapes": "protocaffe.datasets.shapes",
     "upgrade_net_proto_text": "protocaffe.upgrade_tools",
     "upgrade_net_proto_binary": "protocaffe.upgrade_tools",

@@ -169,3 +169,30 @@ def test_compute_image_mean_equals_caffes(golden_cwd, tmp_path, capsys):
     assert main(["compute_image_mean", "data/train_lmdb", str(tmp_path / "mean.binaryproto")]) == 0
     assert (tmp_path / "mean.binaryproto").read_bytes() == (GOLDEN / "data" / "mean.binaryproto").read_bytes()
     assert "mean_value channel [0]: 39.306" in capsys.readouterr().out
+
+
+def test_compute_pca_and_colour_augmentation(golden_cwd, tmp_path, capsys):
+    from protocaffe.cli import main
+    from protocaffe.data.db import Cursor, decode_datum
+    from protocaffe.data.pca import load_pca
+    assert main(["compute_pca", "data/train_lmdb", str(tmp_path / "pca.binaryproto")]) == 0
+    assert capsys.readouterr().out.count("eigenvalue") == 3
+    vectors, values = load_pca(tmp_path / "pca.binaryproto")
+    cursor = Cursor("data/train_lmdb")
+    pixels = np.concatenate([decode_datum(cursor.next()[1], "")[0].reshape(3, -1) for _ in range(40)], 1) / 255.0
+    cov = np.cov(pixels, bias=True)
+    np.testing.assert_allclose(vectors @ cov @ vectors.T, np.diag(values), atol=1e-6)
+    assert values[0] >= values[1] >= values[2] > 0
+    pca = f'pca_file: "{tmp_path / "pca.binaryproto"}" pca_std: 0.5'
+    plain = data_net("data/train_lmdb", "scale: 0.5", caffe_pb2.TRAIN)()["data"].numpy()
+    shifted_net = data_net("data/train_lmdb", f"scale: 0.5 {pca}", caffe_pb2.TRAIN)
+    shifted = shifted_net()["data"].numpy()
+    diff = shifted - plain  # one colour shift per image and channel, the same at every pixel
+    per_image = diff.reshape(8, 3, -1)
+    np.testing.assert_allclose(per_image, per_image[:, :, :1].repeat(per_image.shape[2], 2), atol=1e-4)
+    shifts = per_image[:, :, 0] / 0.5 / 255.0  # back to [0, 1] colour units
+    alphas = shifts @ vectors.T / values      # recover a_i: shift = V^T (a * lambda)
+    assert 0.1 < alphas.std() < 1.5 and np.abs(shifts).max() > 0
+    test_phase = data_net("data/train_lmdb", f"scale: 0.5 {pca}", caffe_pb2.TEST)()["data"].numpy()
+    plain_test = data_net("data/train_lmdb", "scale: 0.5", caffe_pb2.TEST)()["data"].numpy()
+    np.testing.assert_array_equal(test_phase, plain_test)

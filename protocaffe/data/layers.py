@@ -45,17 +45,26 @@ class _BatchLayer(Layer):
         except CaffeError as e:
             raise self.error(str(e)) from None
         self.rng = np.random.default_rng(_seed(self.ctx.generator))
+        self.pca = None
+        if tp.pca_file:
+            from protocaffe.data.pca import load_pca
+            if shape[0] != 3:
+                raise self.error(f"pca_file needs 3-channel images, found {shape[0]} channel(s)")
+            try:
+                self.pca = load_pca(tp.pca_file)
+            except CaffeError as e:
+                raise self.error(str(e)) from None
 
     def top_shapes(self, bottom_shapes):
         return [self.out_shape, (self.out_shape[0],)][:len(self.param.top)]
 
-    def _transform(self, images, labels, offsets, flips):
+    def _transform(self, images, labels, offsets, flips, shift):
         device = self.mean.device
         batch = torch.from_numpy(images)
         if device.type == "cuda":
             batch = batch.pin_memory().to(device, non_blocking=True)
         data = transform.apply(batch, self.mean, self.param.transform_param.scale,
-                               self.param.transform_param.crop_size, offsets, flips)
+                               self.param.transform_param.crop_size, offsets, flips, shift)
         if len(self.param.top) == 1:
             return data
         return data, torch.from_numpy(labels).to(device)
@@ -101,11 +110,12 @@ class Data(_BatchLayer):
         self._setup_transform(first.shape, dp.batch_size)
         skip = int(self.rng.integers(0, dp.rand_skip)) if dp.rand_skip else 0
         self.prefetcher = Prefetcher(
-            _lmdb_producer(dp.source, dp.batch_size, skip, tp, self.phase, self.image_shape, self.rng),
+            _lmdb_producer(dp.source, dp.batch_size, skip, tp, self.phase, self.image_shape, self.rng,
+                           self.pca),
             dp.prefetch)
 
 
-def _lmdb_producer(source, batch_size, skip, tp, phase, shape, rng):
+def _lmdb_producer(source, batch_size, skip, tp, phase, shape, rng, pca):
     cursor = None
 
     def produce():
@@ -117,8 +127,7 @@ def _lmdb_producer(source, batch_size, skip, tp, phase, shape, rng):
         items = [decode_datum(cursor.next()[1], source, tp.force_color, tp.force_gray)
                  for _ in range(batch_size)]
         images, labels = _stack(items, source, shape)
-        offsets, flips = transform.draw(tp, phase, batch_size, shape, rng)
-        return images, labels, offsets, flips
+        return (images, labels) + transform.draw(tp, phase, batch_size, shape, rng, pca)
     return produce
 
 
@@ -172,7 +181,8 @@ class ImageData(_BatchLayer):
         except CaffeError as e:
             raise self.error(str(e)) from None
         self._setup_transform(first.shape, p.batch_size)
-        tp, phase, shape, rng = self.param.transform_param, self.phase, self.image_shape, self.rng
+        tp, phase, shape, rng, pca = (self.param.transform_param, self.phase, self.image_shape, self.rng,
+                                      self.pca)
         order = list(range(len(entries)))
         if p.shuffle:
             rng.shuffle(order)
@@ -190,7 +200,7 @@ class ImageData(_BatchLayer):
                 items.append((read_image(os.path.join(p.root_folder, name), p.new_height, p.new_width,
                                          p.is_color), label))
             images, labels = _stack(items, p.source, shape)
-            return (images, labels) + transform.draw(tp, phase, p.batch_size, shape, rng)
+            return (images, labels) + transform.draw(tp, phase, p.batch_size, shape, rng, pca)
         self.prefetcher = Prefetcher(produce, 4)
 
 
@@ -228,9 +238,9 @@ class MemoryData(_BatchLayer):
             raise self.error("no data: call set_input_arrays(data, labels) first")
         sl = slice(self.pos, self.pos + self.batch_size)
         self.pos = (self.pos + self.batch_size) % len(self.data)
-        offsets, flips = transform.draw(self.param.transform_param, self.phase, self.batch_size,
-                                        self.image_shape, self.rng)
-        return self._transform(np.ascontiguousarray(self.data[sl]), self.labels[sl], offsets, flips)
+        drawn = transform.draw(self.param.transform_param, self.phase, self.batch_size,
+                               self.image_shape, self.rng, self.pca)
+        return self._transform(np.ascontiguousarray(self.data[sl]), self.labels[sl], *drawn)
 
     def close(self):
         pass

@@ -47,8 +47,9 @@ def output_shape(tp, shape):
     return (c, h, w)
 
 
-def draw(tp, phase, n, shape, rng):
-    """Per-image crop offsets (n, 2) and mirror flags (n,), as Caffe draws them."""
+def draw(tp, phase, n, shape, rng, pca=None):
+    """Per-image crop offsets (n, 2), mirror flags (n,) and, with PCA colour augmentation in
+    TRAIN, colour shifts (n, C) in pixel units (else None)."""
     _, h, w = shape
     crop = tp.crop_size
     flips = rng.integers(0, 2, n).astype(bool) if tp.mirror else np.zeros(n, bool)
@@ -58,12 +59,17 @@ def draw(tp, phase, n, shape, rng):
         offsets = np.stack([rng.integers(0, h - crop + 1, n), rng.integers(0, w - crop + 1, n)], 1)
     else:
         offsets = np.tile([(h - crop) // 2, (w - crop) // 2], (n, 1))
-    return offsets, flips
+    shift = None
+    if pca is not None and phase == caffe_pb2.TRAIN:
+        from protocaffe.data.pca import colour_shift
+        shift = colour_shift(pca[0], pca[1], tp.pca_std, n, rng)
+    return offsets, flips, shift
 
 
-def apply(batch, mean, scale, crop, offsets, flips):
+def apply(batch, mean, scale, crop, offsets, flips, shift=None):
     """Transform a (N, C, H, W) uint8 or float batch on its device: gather the crop windows
-    (mirrored where flagged) of the image and of the mean, subtract, scale."""
+    (mirrored where flagged) of the image and of the mean, subtract, add the colour
+    shift if any, scale."""
     n, c, h, w = batch.shape
     device = batch.device
     ch, cw = (crop, crop) if crop else (h, w)
@@ -81,4 +87,6 @@ def apply(batch, mean, scale, crop, offsets, flips):
         x = x - mean
     else:
         x = x - mean[ci[0], r, q]
+    if shift is not None:
+        x = x + torch.as_tensor(shift, device=device)[:, :, None, None]
     return x * scale if scale != 1 else x
