@@ -53,6 +53,12 @@ class Cursor:
             self.cursor.first()
         return key, value
 
+    def skip(self, n):
+        """Move past ``n`` records without reading them."""
+        for _ in range(n):
+            if not self.cursor.next():
+                self.cursor.first()
+
     def close(self):
         self.cursor.close()
         self.txn.abort()

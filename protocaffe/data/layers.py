@@ -73,7 +73,7 @@ class _BatchLayer(Layer):
         return self._transform(*self.prefetcher.get())
 
     def close(self):
-        """Stop the background reader (it also stops when the layer is garbage collected)."""
+        """Stop the background readers (they also stop when the layer is garbage collected)."""
         self.prefetcher.close()
 
 
@@ -109,24 +109,55 @@ class Data(_BatchLayer):
             raise self.error(str(e)) from None
         self._setup_transform(first.shape, dp.batch_size)
         skip = int(self.rng.integers(0, dp.rand_skip)) if dp.rand_skip else 0
-        self.prefetcher = Prefetcher(
-            _lmdb_producer(dp.source, dp.batch_size, skip, tp, self.phase, self.image_shape, self.rng,
-                           self.pca),
-            dp.prefetch)
+        readers = min(READERS, max(1, os.cpu_count() // 2))
+        producers = [_lmdb_producer(dp.source, dp.batch_size, skip + k * dp.batch_size,
+                                    (readers - 1) * dp.batch_size, tp, self.phase, self.image_shape,
+                                    np.random.default_rng(_seed(self.ctx.generator)), self.pca)
+                     for k in range(readers)]
+        self.prefetcher = RoundRobin([Prefetcher(p, max(1, dp.prefetch // readers)) for p in producers])
 
 
-def _lmdb_producer(source, batch_size, skip, tp, phase, shape, rng, pca):
+READERS = 4
+"""Reader threads per Data layer (at most half the cores): LMDB reads, Datum parsing and
+copies release the GIL, so they overlap. Reader k reads batches k, k + R, k + 2R, ...,
+so the record order is Caffe's whatever R is."""
+
+
+class RoundRobin:
+    """Batches from several prefetchers in turn."""
+
+    def __init__(self, prefetchers):
+        self.prefetchers, self.next = prefetchers, 0
+
+    def get(self):
+        item = self.prefetchers[self.next].get()
+        self.next = (self.next + 1) % len(self.prefetchers)
+        return item
+
+    def close(self):
+        for p in self.prefetchers:
+            p.close()
+
+
+def _lmdb_producer(source, batch_size, skip, stride, tp, phase, shape, rng, pca):
+    """Reads a batch, then passes over ``stride`` records (those the other readers take)."""
     cursor = None
 
     def produce():
         nonlocal cursor
         if cursor is None:  # opened in the reader thread, which alone uses it
             cursor = Cursor(source)
-            for _ in range(skip):
-                cursor.next()
-        items = [decode_datum(cursor.next()[1], source, tp.force_color, tp.force_gray)
-                 for _ in range(batch_size)]
-        images, labels = _stack(items, source, shape)
+            cursor.skip(skip)
+        else:
+            cursor.skip(stride)
+        images = np.empty((batch_size,) + tuple(shape), np.uint8)
+        labels = np.empty(batch_size, np.float32)
+        for i in range(batch_size):
+            img, labels[i] = decode_datum(cursor.next()[1], source, tp.force_color, tp.force_gray)
+            if img.shape != images.shape[1:]:
+                raise CaffeError(f"{source}: images in a batch must all be {tuple(shape)} (use resize "
+                                 f"or crop_size); found {img.shape}")
+            images[i] = img
         return (images, labels) + transform.draw(tp, phase, batch_size, shape, rng, pca)
     return produce
 

@@ -67,9 +67,12 @@ def draw(tp, phase, n, shape, rng, pca=None):
 
 
 def apply(batch, mean, scale, crop, offsets, flips, shift=None):
-    """Transform a (N, C, H, W) uint8 or float batch on its device: gather the crop windows
+    """Transform a (N, C, H, W) uint8 or float batch on its device: take the crop windows
     (mirrored where flagged) of the image and of the mean, subtract, add the colour
-    shift if any, scale."""
+    shift if any, scale. On a GPU one gather does every image at once; on the CPU a
+    loop of slices is several times faster. Both give the same numbers."""
+    if batch.device.type == "cpu":
+        return _apply_sliced(batch, mean, scale, crop, offsets, flips, shift)
     n, c, h, w = batch.shape
     device = batch.device
     ch, cw = (crop, crop) if crop else (h, w)
@@ -90,3 +93,17 @@ def apply(batch, mean, scale, crop, offsets, flips, shift=None):
     if shift is not None:
         x = x + torch.as_tensor(shift, device=device)[:, :, None, None]
     return x * scale if scale != 1 else x
+
+
+def _apply_sliced(batch, mean, scale, crop, offsets, flips, shift):
+    n, c, h, w = batch.shape
+    ch, cw = (crop, crop) if crop else (h, w)
+    full_mean = mean.shape[1:] != (1, 1)
+    out = torch.empty((n, c, ch, cw), dtype=torch.float32)
+    for i, ((y, x), flip) in enumerate(zip(np.asarray(offsets).tolist(), np.asarray(flips).tolist())):
+        m = mean[:, y:y + ch, x:x + cw] if full_mean else mean
+        v = batch[i, :, y:y + ch, x:x + cw].float() - m
+        out[i] = v.flip(-1) if flip else v
+    if shift is not None:
+        out += torch.as_tensor(shift)[:, :, None, None]
+    return out.mul_(scale) if scale != 1 else out
