@@ -12,17 +12,11 @@ from protocaffe.errors import CaffeError
 from protocaffe.net import CaffeNet, build_net
 from protocaffe.proto import caffe_pb2
 from protocaffe.pycaffe import Blob, Net, TEST, TRAIN, set_device, set_mode_cpu, set_mode_gpu
+from protocaffe.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
+                               RMSPropSolver, SGDSolver, get_solver)
 
 __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
-    "set_device", "set_mode_cpu", "set_mode_gpu",
+    "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
+    "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
 ]
-
-try:  # the solver package is optional while it is being written
-    from protocaffe.solver import (  # noqa: F401
-        AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver, SGDSolver,
-        get_solver)
-    __all__ += ["get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
-                "AdaDeltaSolver", "AdamSolver"]
-except ImportError:
-    pass
