@@ -45,6 +45,12 @@ class _ConvBase(Layer):
             self.bias = None
             self.blob_names = ("weight",)
 
+    def top_shapes(self, bottom_shapes):
+        n, _, h, w = bottom_shapes[0]
+        return [(n, self.param.convolution_param.num_output)
+                + tuple(self.out_size(s, k, st, p, d) for s, k, st, p, d in
+                        zip((h, w), self.kernel, self.stride, self.pad, self.dilation))]
+
 
 @register
 class Convolution(_ConvBase):
@@ -53,15 +59,10 @@ class Convolution(_ConvBase):
     Weight (num_output, C / group, kh, kw). Same arithmetic as ``F.conv2d``.
     """
     type = "Convolution"
+    out_size = staticmethod(conv_out)
 
     def weight_shape(self, channels, num_output):
         return (num_output, channels // self.group) + self.kernel
-
-    def top_shapes(self, bottom_shapes):
-        n, _, h, w = bottom_shapes[0]
-        return [(n, self.param.convolution_param.num_output)
-                + tuple(conv_out(s, k, st, p, d) for s, k, st, p, d in
-                        zip((h, w), self.kernel, self.stride, self.pad, self.dilation))]
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
@@ -74,15 +75,10 @@ class Deconvolution(_ConvBase):
     Weight (C, num_output / group, kh, kw): Caffe's layout is PyTorch's ``conv_transpose2d``'s.
     """
     type = "Deconvolution"
+    out_size = staticmethod(deconv_out)
 
     def weight_shape(self, channels, num_output):
         return (channels, num_output // self.group) + self.kernel
-
-    def top_shapes(self, bottom_shapes):
-        n, _, h, w = bottom_shapes[0]
-        return [(n, self.param.convolution_param.num_output)
-                + tuple(deconv_out(s, k, st, p, d) for s, k, st, p, d in
-                        zip((h, w), self.kernel, self.stride, self.pad, self.dilation))]
 
     def forward(self, x):
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
