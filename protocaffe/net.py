@@ -160,6 +160,8 @@ class CaffeNet(nn.Module):
         self.learnable = []
         self._build()
         self.output_names = self._outputs()
+        self.keep_all_blobs = True
+        self._release = self._last_uses()
 
     def _build(self):
         shapes = self.blob_shapes
@@ -226,6 +228,22 @@ class CaffeNet(nn.Module):
         self.ctx.device = fn(torch.zeros(())).device
         return out
 
+    def _last_uses(self):
+        """For each step, the blobs no later step reads and that are neither outputs nor loss
+        tops: a lean forward (``keep_all_blobs = False``) drops them there, freeing memory early."""
+        keep = set(self.output_names) | set(self.loss_tops())
+        last = {}
+        for i, step in enumerate(self.plan):
+            for name in step.bottoms:
+                last[name] = i
+            for name in step.tops:
+                last.setdefault(name, i)
+        release = [[] for _ in self.plan]
+        for name, i in last.items():
+            if name not in keep:
+                release[i].append(name)
+        return release
+
     # ---- running ------------------------------------------------------------
 
     def forward(self, **inputs):
@@ -235,7 +253,7 @@ class CaffeNet(nn.Module):
         """Run the plan; returns the blobs. If ``first`` is a dict, it receives the first
         tensor produced under each name (the one an in-place layer's backward writes the diff of)."""
         blobs = {}
-        for step in self.plan:
+        for i, step in enumerate(self.plan):
             layer = self.layers[step.key]
             if not step.bottoms and all(t in inputs for t in step.tops):
                 out = tuple(inputs[t] for t in step.tops)
@@ -247,6 +265,9 @@ class CaffeNet(nn.Module):
             if first is not None:
                 for name, t in zip(step.tops, out):
                     first.setdefault(name, t)
+            if not self.keep_all_blobs:
+                for name in self._release[i]:
+                    blobs.pop(name, None)
         return blobs, first
 
     def loss(self, blobs):

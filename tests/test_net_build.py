@@ -81,3 +81,14 @@ def test_same_seed_same_weights(param):
     a = netlib.build_net(param, seed=7)
     b = netlib.build_net(param, seed=7)
     assert torch.equal(a.layer_by_name()["ip1"].weight, b.layer_by_name()["ip1"].weight)
+
+
+def test_lean_forward_keeps_outputs_and_loss_only(param):
+    net = netlib.build_net(param, caffe_pb2.TEST, seed=3)
+    x, label = torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0])
+    full = net(x=x, label=label)
+    net.keep_all_blobs = False
+    lean = net(x=x, label=label)
+    assert set(lean) == {"aux", "loss", "ns"}
+    for name in lean:
+        assert torch.equal(lean[name], full[name])

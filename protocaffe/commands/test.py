@@ -50,6 +50,7 @@ def run(argv):
     log.info("Running for %d iterations.", args.iterations)
     if args.oversample or args.ensemble:
         return _run_averaged(args, net, device)
+    net.keep_all_blobs = False
     sums, loss = score(net, args.iterations)
     log.info("Loss: %s", g(loss))
     weights = net.loss_tops()

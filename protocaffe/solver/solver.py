@@ -107,10 +107,12 @@ class Solver:
         (train, train_state), tests = _net_params(p)
         log.info("Creating training net")
         self.net = CaffeNet(filter_net(train, train_state), seed=seed).to(self.device)
+        self.net.keep_all_blobs = False  # the loop reads outputs only: free the rest early
         self.test_nets = []
         for i, (t, state) in enumerate(tests):
             log.info("Creating test net (#%d) specified by the solver", i)
             test_net = CaffeNet(filter_net(t, state), seed=seed).to(self.device)
+            test_net.keep_all_blobs = False
             share_trained_layers(test_net, self.net)
             self.test_nets.append(test_net)
         self.params = self.net.learnable
