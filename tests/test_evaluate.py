@@ -34,7 +34,7 @@ def tiny(golden_cwd, tmp_path):
     return str(tmp_path / "net.prototxt"), paths
 
 
-def by_hand(weight_files, batches=2):
+def by_hand(model, weight_files, batches=2):
     """Read the records, subtract the mean, scale, take ten crops, apply each net's IP, average softmax."""
     cursor = Cursor("data/train_lmdb")
     mean = read_mean("data/mean.binaryproto")
@@ -49,7 +49,7 @@ def by_hand(weight_files, batches=2):
         crops += [c[..., ::-1] for c in crops]
         probs = 0
         for path in weight_files:
-            net = build_net(NET_PATH[0], caffe_pb2.TEST, weights=path)
+            net = build_net(model, caffe_pb2.TEST, weights=path)
             w = net.layer_by_name()["ip"].weight.detach().numpy().astype(np.float64)
             b = net.layer_by_name()["ip"].bias.detach().numpy().astype(np.float64)
             per_crop = []
@@ -64,9 +64,6 @@ def by_hand(weight_files, batches=2):
     return acc / batches, loss / batches
 
 
-NET_PATH = []  # the tiny net's prototxt, set by the tests that use by_hand
-
-
 def test_ten_crops_order():
     x = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).reshape(2, 1, 4, 5)
     crops = ten_crops(x, 3).reshape(2, 10, 1, 3, 3)
@@ -78,23 +75,21 @@ def test_ten_crops_order():
 
 def test_oversampled_ensemble_equals_hand_computation(tiny):
     model, weights = tiny
-    NET_PATH[:] = [model]
     nets = [build_net(model, caffe_pb2.TEST, weights=w) for w in weights]
     got = score_averaged(nets, 2, oversample=True)
-    acc, loss = by_hand(weights)
+    acc, loss = by_hand(model, weights)
     assert got["accuracy"] == pytest.approx(acc, abs=1e-6)
     assert got["loss"] == pytest.approx(loss, rel=1e-5)
     single = score_averaged(nets[:1], 2, oversample=True)
-    assert single["loss"] == pytest.approx(by_hand(weights[:1])[1], rel=1e-5)
+    assert single["loss"] == pytest.approx(by_hand(model, weights[:1])[1], rel=1e-5)
 
 
 def test_cli_oversample_and_ensemble(tiny, capsys):
     model, weights = tiny
-    NET_PATH[:] = [model]
     assert main(["test", "--model", model, "--weights", weights[0], "--ensemble", weights[1],
                  "--oversample", "--iterations", "2"]) == 0
     err = capsys.readouterr().err
-    acc, loss = by_hand(weights)
+    acc, loss = by_hand(model, weights)
     assert f"accuracy = {acc:.6g}" in err
     assert f"loss = {loss:.6g}" in err
 

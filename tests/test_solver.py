@@ -160,3 +160,22 @@ def test_plateau_policy_in_a_solver_run(golden_cwd, tmp_path, captured):
     again = get_solver(p)
     again.restore(str(tmp_path / "snap_iter_4.solverstate"))
     assert again.current_step == 1 and again.plateau_best == solver.plateau_best
+
+
+def test_signals_snapshot_and_stop(golden_cwd, tmp_path):
+    import signal
+    p = read_solver_param(GOLDEN / "solver" / "sgd_step_caffenet" / "solver.prototxt")
+    p.snapshot_prefix, p.snapshot, p.test_interval = str(tmp_path / "sig"), 0, 0
+    solver = get_solver(p)
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGHUP)
+    try:
+        solver.handle_signals("stop", "snapshot")
+        signal.raise_signal(signal.SIGHUP)       # snapshot after this iteration, go on
+        assert solver.step(2) is False and solver.iter == 2
+        assert (tmp_path / "sig_iter_1.caffemodel").exists()
+        signal.raise_signal(signal.SIGINT)       # stop after this iteration; solve still snapshots
+        solver.solve()
+        assert solver.iter == 3 and (tmp_path / "sig_iter_3.solverstate").exists()
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGHUP, old[1])
