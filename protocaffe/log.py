@@ -27,6 +27,21 @@ class GlogFormatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, as test runners do)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup(log_dir=None, program="protocaffe"):
     """Send protocaffe's log to stderr (and a glog-named file in ``log_dir``); returns the file path."""
     LOGGER.setLevel(logging.INFO)
@@ -34,7 +49,7 @@ def setup(log_dir=None, program="protocaffe"):
     for handler in list(LOGGER.handlers):
         LOGGER.removeHandler(handler)
         handler.close()
-    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers = [_StderrHandler()]
     path = None
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
