@@ -5,7 +5,7 @@ the message type that was expected. Writes go to a temporary file in the same
 folder and are renamed into place, so a failure never leaves half a file.
 """
 import os
-import tempfile
+import secrets
 
 import numpy as np
 from google.protobuf import message as _message
@@ -68,17 +68,28 @@ def read_binary(path, message_type):
 
 
 def _atomic_write(path, data):
+    """Write ``data`` to a new file beside ``path``, then rename it over ``path``.
+
+    The new file is made as ``open()`` would make it (mode 0666 less the umask).
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise CaffeError(f"{path}: is a directory, cannot write a file there")
     if not os.path.isdir(folder):
         raise CaffeError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot write: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        raise CaffeError(f"{path}: cannot write: {e.strerror or e}") from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -97,21 +108,20 @@ def write_binary(msg, path):
 # ---- blobs -------------------------------------------------------------------
 
 def blob_shape(blob):
-    """The shape of a BlobProto: ``shape.dim`` if set, else the legacy num/channels/height/width.
+    """The shape of a BlobProto, read as Caffe's Blob::FromProto reads it.
 
-    With neither, the blob is a 0-axis scalar, as Caffe writes one (``shape`` left unset).
+    Any of the legacy num/channels/height/width set makes it 4-d (those take
+    precedence over ``shape``); otherwise ``shape.dim``, which with no dims is
+    a 0-axis scalar (Caffe leaves ``shape`` empty for one).
     """
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
     if is_legacy_blob(blob):
         return (blob.num, blob.channels, blob.height, blob.width)
-    return ()
+    return tuple(int(d) for d in blob.shape.dim)
 
 
 def is_legacy_blob(blob):
     """True when the blob's shape is in the old num/channels/height/width fields."""
-    return not blob.HasField("shape") and any(
-        blob.HasField(f) for f in ("num", "channels", "height", "width"))
+    return any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
 
 
 def blob_to_array(blob, *, diff=False):

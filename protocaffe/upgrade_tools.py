@@ -1,35 +1,48 @@
-"""Caffe's upgrade tools: ``upgrade_net_proto_text``, ``upgrade_net_proto_binary``,
-``upgrade_solver_proto_text`` (``protocaffe <tool> IN OUT``)."""
+"""Caffe's upgrade tools: ``protocaffe upgrade_net_proto_text IN OUT``,
+``upgrade_net_proto_binary IN OUT`` and ``upgrade_solver_proto_text IN OUT``.
+
+As in Caffe, a file already in the latest format is written out unchanged
+(with a warning). Unlike Caffe, a file that cannot be upgraded cleanly writes
+nothing: the error names the file and layer, and the command exits 1.
+"""
 from protocaffe import io
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, setup
 from protocaffe.proto import caffe_pb2
-from protocaffe.upgrade import upgrade_net, upgrade_solver
+from protocaffe.upgrade import net_needs_upgrade, solver_needs_type_upgrade, upgrade_net, upgrade_solver
 
 
 def _paths(name, argv):
     if len(argv) != 2 or any(a.startswith("-") for a in argv):
-        raise CaffeError(f"usage: protocaffe {name} IN OUT")
+        raise CaffeError(f"usage: protocaffe {name} IN OUT (given: {' '.join(argv) or 'no arguments'})")
     setup()
     return argv
 
 
+def _upgrade_file(src, dst, message_type, binary, needs, upgrade):
+    read, write = (io.read_binary, io.write_binary) if binary else (io.read_text, io.write_text)
+    param = read(src, message_type)
+    if needs(param):
+        param = upgrade(param, src)
+    else:
+        log.warning("%s is already in the latest format; writing it unchanged", src)
+    write(param, dst)
+    log.info("Wrote upgraded %s %s proto to %s", message_type.DESCRIPTOR.name,
+             "binary" if binary else "text", dst)
+    return 0
+
+
 def run_upgrade_net_proto_text(argv):
     src, dst = _paths("upgrade_net_proto_text", argv)
-    io.write_text(upgrade_net(io.read_text(src, caffe_pb2.NetParameter), src), dst)
-    log.info("Wrote upgraded NetParameter text proto to %s", dst)
-    return 0
+    return _upgrade_file(src, dst, caffe_pb2.NetParameter, False, net_needs_upgrade, upgrade_net)
 
 
 def run_upgrade_net_proto_binary(argv):
     src, dst = _paths("upgrade_net_proto_binary", argv)
-    io.write_binary(upgrade_net(io.read_binary(src, caffe_pb2.NetParameter), src), dst)
-    log.info("Wrote upgraded NetParameter binary proto to %s", dst)
-    return 0
+    return _upgrade_file(src, dst, caffe_pb2.NetParameter, True, net_needs_upgrade, upgrade_net)
 
 
 def run_upgrade_solver_proto_text(argv):
     src, dst = _paths("upgrade_solver_proto_text", argv)
-    io.write_text(upgrade_solver(io.read_text(src, caffe_pb2.SolverParameter), src), dst)
-    log.info("Wrote upgraded SolverParameter text proto to %s", dst)
-    return 0
+    return _upgrade_file(src, dst, caffe_pb2.SolverParameter, False, solver_needs_type_upgrade,
+                         upgrade_solver)

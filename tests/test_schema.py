@@ -1,10 +1,12 @@
 """proto/caffe.proto is wire-compatible with BVLC Caffe's, and the shipped module is its output."""
+import ast
 import csv
 import subprocess
 import sys
 from pathlib import Path
 
 from google.protobuf import descriptor as d
+from google.protobuf import descriptor_pb2
 
 from conftest import GOLDEN
 from protocaffe.proto import caffe_pb2
@@ -56,12 +58,27 @@ EXTENSIONS = {("SolverParameter", "plateau_output"), ("SolverParameter", "platea
               ("TransformationParameter", "pca_std")}
 
 
+def caffe_rows():
+    with open(GOLDEN / "caffe_schema.tsv", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["kind", "scope", "name", "number", "label", "type", "type_name", "default", "packed"]
+    return [tuple(r) for r in rows[1:]]
+
+
 def test_schema_equals_caffes_row_by_row():
-    with open(GOLDEN / "caffe_schema.tsv") as f:
-        theirs = {tuple(r) for r in list(csv.reader(f, delimiter="\t"))[1:]}
-    ours = {r for r in our_rows() if r[0] != "field" or (r[1], r[2]) not in EXTENSIONS}
-    assert sorted(theirs - ours) == [] and sorted(ours - theirs) == []
-    assert len(ours) == 534
+    theirs = caffe_rows()
+    ours = [r for r in our_rows() if r[0] != "field" or (r[1], r[2]) not in EXTENSIONS]
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a == b, f"row {i + 2} of caffe_schema.tsv"
+    assert len(ours) == len(theirs) == 534
+
+
+def test_default_rendering_samples():
+    rows = {(r[1], r[2]): r for r in our_rows() if r[0] == "field"}
+    assert rows["SolverParameter", "delta"][7] == "9.99999993922529e-09"  # float32 1e-8, widened
+    assert rows["FillerParameter", "type"][7] == "'constant'"
+    assert rows["LRNParameter", "norm_region"][7] == "ACROSS_CHANNELS"
+    assert rows["BlobShape", "dim"][8] == "packed" and rows["NetParameter", "name"][7] == ""
 
 
 def test_extensions_are_far_above_caffes_numbers():
@@ -74,7 +91,36 @@ def test_extensions_are_far_above_caffes_numbers():
         assert number >= 1000 and number > 10 * caffe_max, (message, name)
 
 
+def _protoc(*args):
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", *args,
+                    str(ROOT / "proto" / "caffe.proto")], check=True)
+
+
+def _without_json_names(messages):
+    """protoc's descriptor sets carry json_name; the generated Python module leaves it out."""
+    for m in messages:
+        for f in m.field:
+            f.ClearField("json_name")
+        _without_json_names(m.nested_type)
+
+
+def _shipped_serialized_descriptor():
+    """The descriptor bytes written into caffe_pb2.py (the loaded pool re-renders float defaults)."""
+    tree = ast.parse((ROOT / "protocaffe" / "proto" / "caffe_pb2.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "attr", "") == "AddSerializedFile"]
+    assert len(calls) == 1
+    return ast.literal_eval(calls[0].args[0])
+
+
+def test_shipped_descriptor_is_the_protos(tmp_path):
+    _protoc(f"--descriptor_set_out={tmp_path / 'caffe.desc'}")
+    fds = descriptor_pb2.FileDescriptorSet.FromString((tmp_path / "caffe.desc").read_bytes())
+    assert [f.name for f in fds.file] == ["caffe.proto"]
+    _without_json_names(fds.file[0].message_type)
+    assert fds.file[0].SerializeToString() == _shipped_serialized_descriptor()
+
+
 def test_shipped_module_is_generated_from_the_proto(tmp_path):
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
-                    f"--python_out={tmp_path}", str(ROOT / "proto" / "caffe.proto")], check=True)
+    _protoc(f"--python_out={tmp_path}")
     assert (tmp_path / "caffe_pb2.py").read_text() == (ROOT / "protocaffe" / "proto" / "caffe_pb2.py").read_text()
