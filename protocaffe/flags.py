@@ -32,17 +32,22 @@ class Flags:
         kind = type(default) if default is not None else str
         if kind is bool:
             self._bools.append(name)
-            self.parser.add_argument(f"-{name}", f"--{name}", dest=name, nargs="?", const=True,
-                                     default=default, type=_bool, help=help_)
+            self.parser.add_argument(f"-{name}", f"--{name}", dest=name, action="store_true",
+                                     default=default, help=help_)
+            self.parser.add_argument(f"--no{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
         else:
             self.parser.add_argument(f"-{name}", f"--{name}", dest=name, default=default, type=kind,
                                      help=help_)
         return self
 
     def parse(self, argv):
+        """A boolean never takes the next word (as in gflags); ``--x=true``/``--x=false`` set it."""
         argv = list(argv)
         for i, arg in enumerate(argv):
-            bare = arg.lstrip("-")
-            if arg.startswith("-") and bare.startswith("no") and bare[2:] in self._bools:
-                argv[i] = f"--{bare[2:]}=false"
+            name, eq, value = arg.lstrip("-").partition("=")
+            if arg.startswith("-") and eq and name in self._bools:
+                try:
+                    argv[i] = f"--{name}" if _bool(value) else f"--no{name}"
+                except argparse.ArgumentTypeError as e:
+                    raise CaffeError(f"--{name}: {e}") from None
         return self.parser.parse_args(argv)

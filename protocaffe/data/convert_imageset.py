@@ -1,101 +1,133 @@
 """``protocaffe convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME``, as Caffe's tool.
 
 Each ``path label`` line of LISTFILE becomes a Datum under the key
-``%08d_<path>``: the image read as BGR (or gray with --gray), resized bilinearly
-when both --resize_height and --resize_width are given, stored raw (C, H, W)
-or, with --encoded, compressed (the file's own bytes when it already has the
-requested format and no resize is asked). Unreadable images are logged and skipped.
+``%08d_<path>`` (the line's number, so skipped images leave gaps). Images are
+read from ROOTFOLDER + path (joined as text: give the trailing '/') as BGR, or
+gray with --gray, and resized bilinearly when both --resize_height and
+--resize_width are given. Raw Datums hold (C, H, W) bytes; with --encoded (or
+an --encode_type) they hold a PNG/JPEG: the file's own bytes when its format
+already matches and nothing is resized, otherwise the image re-encoded.
+Without --encode_type the format is guessed from each file's extension.
+Unreadable images are logged and skipped.
 """
-import logging
 import os
 import random
 
 import cv2
 import lmdb
-import numpy as np
 from tqdm import tqdm
 
-from protocaffe.data.layers import read_list
+from protocaffe import log as logs
+from protocaffe.data.images import read_image, read_list
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.io import array_to_datum
+from protocaffe.log import LOGGER as log
 from protocaffe.proto import caffe_pb2
 
-log = logging.getLogger("protocaffe")
+COMMIT_EVERY = 1000
 
 
-def image_to_datum(path, label, height, width, is_color, encode_type):
-    """One image file as a Datum, as Caffe's ReadImageToDatum; None if it cannot be read."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        return None
-    if height > 0 and width > 0:
-        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-    img = img[:, :, None] if img.ndim == 2 else img
-    if encode_type:
-        ext = os.path.splitext(path)[1].lstrip(".").lower()
-        same_format = ext == encode_type or (ext == "jpeg" and encode_type == "jpg")
-        if same_format and not height and not width and (img.shape[2] == 3) == is_color:
-            with open(path, "rb") as f:
-                return caffe_pb2.Datum(data=f.read(), label=label, encoded=True)
-    return array_to_datum(img.transpose(2, 0, 1), label, encode=encode_type or None)
+def _extension(path):
+    return path.rpartition(".")[2].lower() if "." in path else path.lower()
+
+
+def image_to_datum(img, path, label, resize_asked, is_color, encoding):
+    """An image read from ``path`` as a Datum, as Caffe's ReadImageToDatum: raw (C, H, W) bytes,
+    or with an ``encoding`` the file's own bytes when they already are that format and the
+    image was not to be resized, else the image re-encoded."""
+    if not encoding:
+        return array_to_datum(img.transpose(2, 0, 1), label)
+    ext = _extension(path)
+    if (img.shape[2] == 3) == is_color and not resize_asked and (
+            ext == encoding or (encoding == "jpg" and ext == "jpeg")):
+        with open(path, "rb") as f:
+            return caffe_pb2.Datum(data=f.read(), label=label, encoded=True)
+    ok, buf = cv2.imencode("." + encoding, img)
+    if not ok:
+        raise CaffeError(f"{path}: cannot encode the image as '{encoding}'")
+    return caffe_pb2.Datum(data=buf.tobytes(), label=label, encoded=True)
+
+
+def _flags():
+    f = Flags("convert_imageset", __doc__.splitlines()[0],
+              [("root", "the folder the list's paths are relative to, with a trailing '/'"),
+               ("listfile", "lines of 'path label'"), ("db", "the LMDB folder to create")])
+    f.flag("gray", False, "read the images as single-channel gray")
+    f.flag("shuffle", False, "write the images in a shuffled order (the keys keep the new order)")
+    f.flag("backend", "lmdb", "the database type; lmdb is the one supported")
+    f.flag("resize_width", 0, "resize to this width (with --resize_height; 0 keeps the size)")
+    f.flag("resize_height", 0, "resize to this height (with --resize_width; 0 keeps the size)")
+    f.flag("check_size", False, "fail unless every image has the size of the first")
+    f.flag("encoded", False, "store compressed images instead of raw pixels")
+    f.flag("encode_type", "", "the compression for --encoded: png, jpg, ...; default: each file's own")
+    return f
 
 
 def run(argv):
-    f = Flags("convert_imageset", __doc__.splitlines()[0],
-              [("root", "folder the list's paths are relative to"), ("listfile", "lines of 'path label'"),
-               ("db", "the LMDB folder to create")])
-    f.flag("gray", False, "read images as grayscale")
-    f.flag("shuffle", False, "shuffle the order of images and labels")
-    f.flag("backend", "lmdb", "the database backend (lmdb)")
-    f.flag("resize_width", 0, "width images are resized to")
-    f.flag("resize_height", 0, "height images are resized to")
-    f.flag("check_size", False, "check that all the datums have the same size")
-    f.flag("encoded", False, "store the images encoded")
-    f.flag("encode_type", "", "the encoding format: png or jpg")
-    args = f.parse(argv)
+    args = _flags().parse(argv)
+    logs.setup()
     if args.backend != "lmdb":
-        raise CaffeError(f"backend '{args.backend}' is not supported; use --backend lmdb")
-    encode_type = args.encode_type.lower() if args.encoded else ""
-    if args.encoded and not encode_type:
-        encode_type = "png"
+        raise CaffeError(f"--backend {args.backend}: only lmdb is supported")
+    if args.encode_type and not args.encoded:
+        log.info("encode_type specified, assuming encoded=true.")
+    encoded = args.encoded or bool(args.encode_type)
     entries = read_list(args.listfile)
     if args.shuffle:
+        log.info("Shuffling data")
         random.Random(0).shuffle(entries)
+    log.info("A total of %d images.", len(entries))
     if os.path.exists(args.db):
         raise CaffeError(f"{args.db}: already exists; remove it or choose another name")
     os.makedirs(args.db)
-    env = lmdb.open(args.db, map_size=1 << 40)
-    shape, written = None, 0
     try:
+        count = _write(args, entries, encoded)
+    except BaseException:
+        _remove_db(args.db)
+        raise
+    if count == 0:
+        _remove_db(args.db)
+        raise CaffeError(f"none of the {len(entries)} images could be read from '{args.root}' "
+                         "(the folder is joined to each path as text: does it need a trailing '/'?)")
+    return 0
+
+
+def _write(args, entries, encoded):
+    env = lmdb.open(args.db, map_size=1 << 40, subdir=True)
+    try:
+        size, count = None, 0
         txn = env.begin(write=True)
         for line_id, (name, label) in enumerate(tqdm(entries, desc="convert_imageset", unit="img",
                                                       disable=None)):
-            datum = image_to_datum(os.path.join(args.root, name), label, args.resize_height,
-                                   args.resize_width, not args.gray, encode_type)
-            if datum is None:
-                log.warning("Could not open or find file %s", os.path.join(args.root, name))
+            path = args.root + name
+            img = read_image(path, args.resize_height, args.resize_width, not args.gray)
+            if img is None:
+                log.error("Could not open or find file %s", path)
                 continue
             if args.check_size:
-                size = (datum.channels, datum.height, datum.width)
-                if shape is not None and size != shape:
-                    raise CaffeError(f"{name}: size {size} differs from the first image's {shape}")
-                shape = size
+                if size is not None and img.shape != size:
+                    raise CaffeError(f"{path}: image of (height, width, channels) {img.shape}, "
+                                     f"the first was {size} (--check_size)")
+                size = img.shape
+            encoding = (args.encode_type or _extension(name)).lower() if encoded else ""
+            datum = image_to_datum(img, path, label, bool(args.resize_height or args.resize_width),
+                                   not args.gray, encoding)
             txn.put(f"{line_id:08d}_{name}".encode(), datum.SerializeToString())
-            written += 1
-            if written % 1000 == 0:
+            count += 1
+            if count % COMMIT_EVERY == 0:
                 txn.commit()
                 txn = env.begin(write=True)
-                log.info("Processed %d files.", written)
+                log.info("Processed %d files.", count)
         txn.commit()
-    except BaseException:
+        if count % COMMIT_EVERY:
+            log.info("Processed %d files.", count)
+        return count
+    finally:
         env.close()
-        for leftover in ("data.mdb", "lock.mdb"):
-            if os.path.exists(os.path.join(args.db, leftover)):
-                os.unlink(os.path.join(args.db, leftover))
-        os.rmdir(args.db)
-        raise
-    env.close()
-    log.info("Processed %d files.", written)
-    print(f"Processed {written} files.")
-    return 0
+
+
+def _remove_db(path):
+    for name in ("data.mdb", "lock.mdb"):
+        if os.path.exists(os.path.join(path, name)):
+            os.unlink(os.path.join(path, name))
+    os.rmdir(path)

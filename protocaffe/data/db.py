@@ -1,41 +1,50 @@
-"""Reading Caffe's LMDB databases of Datum records, in key order, wrapping at the end."""
+"""Reading Caffe's LMDB databases of Datum records: in key order, wrapping at the end.
+
+Databases are opened read-only without a lock file (``lock=False``), so the
+read-only fixtures and databases on read-only media open as Caffe's do.
+"""
 import os
+import weakref
 
 import cv2
 import lmdb
 import numpy as np
 
 from protocaffe.errors import CaffeError
+from protocaffe.io import datum_to_array
 from protocaffe.proto import caffe_pb2
 
-
-_ENVS = {}
+_ENVS = weakref.WeakValueDictionary()
+"""(process id, real path) -> Environment. LMDB allows one environment per file and
+process, so the readers in a process share one, which closes when the last of
+them is gone. A forked worker must not use the one it inherited: it closes its
+copy and opens its own."""
 
 
 def open_lmdb(path, what="database"):
-    """Open an LMDB folder read-only (no lock file needed); a clear error if it is not one.
-
-    LMDB allows one environment per file and process, so layers reading the same
-    database (a train and a test net) share it; it stays open for the process.
-    """
+    """Open an LMDB folder read-only; a CaffeError naming the path if it is not one or is empty."""
     path = os.fspath(path)
-    key = os.path.realpath(path)
-    if key in _ENVS:
-        return _ENVS[key]
+    key = (os.getpid(), os.path.realpath(path))
+    env = _ENVS.get(key)
+    if env is not None:
+        return env
+    for inherited in [k for k in _ENVS if k[1] == key[1]]:
+        _ENVS.pop(inherited).close()
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "data.mdb")):
         raise CaffeError(f"{path}: no LMDB {what} here (expected a folder holding data.mdb)")
     try:
-        env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=512)
+        env = lmdb.open(path, readonly=True, lock=False, max_readers=512)
+        entries = env.stat()["entries"]
     except lmdb.Error as e:
         raise CaffeError(f"{path}: cannot open as LMDB: {e}") from None
-    if env.stat()["entries"] == 0:
+    if entries == 0:
         raise CaffeError(f"{path}: the LMDB {what} is empty")
     _ENVS[key] = env
     return env
 
 
 class Cursor:
-    """Endless (key, value) records of an LMDB in key order: after the last comes the first again."""
+    """Endless records of an LMDB in key order: after the last comes the first again."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -48,16 +57,15 @@ class Cursor:
         return self.env.stat()["entries"]
 
     def next(self):
+        """The current (key, value), then move on."""
         key, value = self.cursor.item()
-        if not self.cursor.next():
-            self.cursor.first()
+        self.advance()
         return key, value
 
-    def skip(self, n):
-        """Move past ``n`` records without reading them."""
-        for _ in range(n):
-            if not self.cursor.next():
-                self.cursor.first()
+    def advance(self):
+        """Move to the next record without reading it (values stay on their pages)."""
+        if not self.cursor.next():
+            self.cursor.first()
 
     def close(self):
         self.cursor.close()
@@ -67,31 +75,64 @@ class Cursor:
 def decode_datum(raw, source, force_color=False, force_gray=False):
     """A serialized Datum -> ((C, H, W) uint8 or float32 array, label).
 
-    Encoded images decode as stored (colour or gray) unless ``force_color`` or
-    ``force_gray`` is set, as Caffe's DecodeDatumToCVMatNative / DecodeDatumToCVMat.
+    Encoded images decode as stored (Caffe's DecodeDatumToCVMatNative), or in
+    colour / gray with ``force_color`` / ``force_gray`` (DecodeDatumToCVMat).
+    As in Caffe, the force flags do nothing to raw Datums. Errors name ``source``.
     """
     datum = caffe_pb2.Datum()
     try:
         datum.ParseFromString(raw)
     except Exception:
         raise CaffeError(f"{source}: a record is not a valid Datum ({len(raw)} bytes)") from None
-    if datum.encoded:
-        flag = cv2.IMREAD_COLOR if force_color else cv2.IMREAD_GRAYSCALE if force_gray else cv2.IMREAD_ANYCOLOR
+    if datum.encoded and (force_color or force_gray):
+        flag = cv2.IMREAD_COLOR if force_color else cv2.IMREAD_GRAYSCALE
         img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
         if img is None:
             raise CaffeError(f"{source}: an encoded Datum could not be decoded as an image")
         img = img[:, :, None] if img.ndim == 2 else img
-        return img.transpose(2, 0, 1), datum.label
-    shape = (datum.channels, datum.height, datum.width)
-    if datum.data:
-        arr = np.frombuffer(datum.data, np.uint8)
-    else:
-        arr = np.asarray(datum.float_data, np.float32)
-    if arr.size != shape[0] * shape[1] * shape[2]:
-        raise CaffeError(f"{source}: a Datum of shape {shape} holds {arr.size} values")
-    arr = arr.reshape(shape)
-    if force_gray and shape[0] == 3:
-        arr = cv2.cvtColor(np.ascontiguousarray(arr.transpose(1, 2, 0)), cv2.COLOR_BGR2GRAY)[None]
-    elif force_color and shape[0] == 1:
-        arr = np.repeat(arr, 3, axis=0)
+        return np.ascontiguousarray(img.transpose(2, 0, 1)), datum.label
+    try:
+        arr = datum_to_array(datum)
+    except CaffeError as e:
+        raise CaffeError(f"{source}: {e}") from None
+    if arr.dtype not in (np.uint8, np.float32):
+        raise CaffeError(f"{source}: an encoded image of type {arr.dtype}; only 8-bit images are supported")
     return arr, datum.label
+
+
+class LmdbReader:
+    """Batch ``k`` of an LMDB: records ``start + k * batch_size + j`` (modulo the count), decoded.
+
+    Batches are found by position, so any number of workers each reading every
+    n-th batch give the same stream; moving forward skips records unread.
+    The cursor opens lazily in the process that reads, so a forked worker has its own.
+    """
+
+    def __init__(self, path, batch_size, start, force_color, force_gray):
+        self.path, self.batch_size, self.start = os.fspath(path), batch_size, start
+        self.force_color, self.force_gray = force_color, force_gray
+        self.count = open_lmdb(self.path).stat()["entries"]
+        self._cursor, self._pid, self._pos = None, None, 0
+
+    def batch(self, k):
+        """(list of (C, H, W) arrays, float32 labels) for batch ``k``."""
+        cursor = self._cursor_at((self.start + k * self.batch_size) % self.count)
+        items = []
+        for _ in range(self.batch_size):
+            items.append(decode_datum(cursor.next()[1], self.path, self.force_color, self.force_gray))
+        self._pos = (self._pos + self.batch_size) % self.count
+        return [a for a, _ in items], np.array([label for _, label in items], np.float32)
+
+    def _cursor_at(self, position):
+        if self._cursor is None or self._pid != os.getpid():
+            self._cursor, self._pid, self._pos = Cursor(self.path), os.getpid(), 0
+        for _ in range((position - self._pos) % self.count):
+            self._cursor.advance()
+        self._pos = position
+        return self._cursor
+
+    def close(self):
+        """Let go of the cursor (before forking workers, so none inherits an open transaction)."""
+        if self._cursor is not None and self._pid == os.getpid():
+            self._cursor.close()
+        self._cursor = None

@@ -1,277 +1,236 @@
-"""Data layers: Data (LMDB), ImageData (a list of image files), MemoryData (arrays from Python).
+"""Data layers: Data (an LMDB of Datums), ImageData (a list of image files), MemoryData (arrays).
 
-Tops: data (N, C, H', W') float32 after Caffe's transformation, and label (N,)
-float32. Batches are read and decoded by a background producer (see prefetch.py)
-into uint8 arrays; the transformation runs on the device the net is on (the
-layer's ``mean`` buffer moves with ``net.to(device)``), so on a GPU only bytes
-cross the bus. A layer's cursor persists across forwards, wrapping at the end
-of the data, as Caffe's does (a test net continues where its last round stopped).
+Tops: data (N, C, h, w) float32 after Caffe's transformation (see transform.py)
+and label (N,) float32.
+
+Data and ImageData read, decode, crop and mirror in worker processes
+(prefetch.py; ``data_param.prefetch`` batches ahead). On the CPU the workers
+also subtract the mean and scale, and the layer only copies the finished
+batch; on a GPU (found from the ``mean`` buffer, which ``net.to(device)``
+moves) the workers hand over uint8 windows, which go up through pinned memory
+and are normalized on the device. Both give the same float32 numbers.
+Workers start at the first forward; ``PROTOCAFFE_DATA_WORKERS=0`` (or
+``layer.workers = 0``) makes batches in the training thread instead.
+
+A layer's position persists across forwards and wraps at the end of the
+data, as Caffe's does (a test net continues where its last round stopped).
+Random choices come from the net's seeded generator: same seed, same batches.
 """
-import os
+import functools
+import logging
 
-import cv2
 import numpy as np
 import torch
 
 from protocaffe.data import transform
-from protocaffe.data.db import Cursor, decode_datum
-from protocaffe.data.prefetch import Prefetcher
+from protocaffe.data.db import Cursor, LmdbReader, decode_datum
+from protocaffe.data.images import ImageListReader, read_list
+from protocaffe.data.pca import read_pca
+from protocaffe.data.pipeline import Pipeline
+from protocaffe.data.prefetch import Synchronous, WorkerPool, default_workers
 from protocaffe.errors import CaffeError
 from protocaffe.layers.base import Layer, register
 from protocaffe.proto import caffe_pb2
 
-
-def _seed(generator):
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
+log = logging.getLogger("protocaffe")
 
 
-class _BatchLayer(Layer):
-    """Shared by the data layers: the mean buffer, the transformation, the prefetcher."""
+class _PrefetchingLayer(Layer):
+    """What Data and ImageData share: the transformation, the mean buffer, the batch source."""
     num_bottoms = 0
     num_tops = (1, 2)
 
-    def _setup_transform(self, shape, batch_size):
+    def _setup_pipeline(self, reader, first, batch_size, source, seed):
         tp = self.param.transform_param
-        if tp.force_color and tp.force_gray:
-            raise self.error("force_color and force_gray cannot both be set")
-        if tp.force_color:
-            shape = (3,) + tuple(shape[1:])
-        elif tp.force_gray:
-            shape = (1,) + tuple(shape[1:])
-        self.image_shape = tuple(shape)
-        self.register_buffer("mean", transform.load_mean(self, tp, shape), persistent=False)
+        mean = transform.load_mean(self, tp, first.shape)
         try:
-            self.out_shape = (batch_size,) + transform.output_shape(tp, shape)
+            out_shape = transform.output_shape(tp.crop_size, first.shape)
         except CaffeError as e:
             raise self.error(str(e)) from None
-        self.rng = np.random.default_rng(_seed(self.ctx.generator))
-        self.pca = None
-        if tp.pca_file:
-            from protocaffe.data.pca import load_pca
-            if shape[0] != 3:
-                raise self.error(f"pca_file needs 3-channel images, found {shape[0]} channel(s)")
-            try:
-                self.pca = load_pca(tp.pca_file)
-            except CaffeError as e:
-                raise self.error(str(e)) from None
+        train = self.phase == caffe_pb2.TRAIN
+        pca = self._pca(tp, first.shape[0]) if train and tp.pca_file else None
+        augment = transform.Augment(tp.crop_size, tp.mirror, train, seed, pca)
+        self.pipeline = Pipeline(reader, source, batch_size, out_shape, first.dtype, mean,
+                                 np.float32(tp.scale), augment)
+        self.register_buffer("mean", torch.from_numpy(mean), persistent=False)
+        self.workers = default_workers()
+        #: None: normalize on the device unless it is the CPU; True/False force it (tests, benchmarks)
+        self.device_transform = None
+        self._next = 0            # the next batch index
+        self._batches = None      # the running WorkerPool or Synchronous source
+        self._started = None      # (raw, workers) it was started with
+        log.info("output data size: %s", ",".join(map(str, self.pipeline.batch_shape())))
+
+    def _pca(self, tp, channels):
+        try:
+            values, vectors = read_pca(tp.pca_file)
+        except CaffeError as e:
+            raise self.error(f"pca_file: {e}") from None
+        if len(values) != channels:
+            raise self.error(f"pca_file {tp.pca_file} is for {len(values)} channels, the images have {channels}")
+        return transform.Pca(values, vectors, tp.pca_std)
 
     def top_shapes(self, bottom_shapes):
-        return [self.out_shape, (self.out_shape[0],)][:len(self.param.top)]
-
-    def _transform(self, images, labels, offsets, flips, shift):
-        device = self.mean.device
-        batch = torch.from_numpy(images)
-        if device.type == "cuda":
-            batch = batch.pin_memory().to(device, non_blocking=True)
-        data = transform.apply(batch, self.mean, self.param.transform_param.scale,
-                               self.param.transform_param.crop_size, offsets, flips, shift)
-        if len(self.param.top) == 1:
-            return data
-        return data, torch.from_numpy(labels).to(device)
+        n = self.pipeline.batch_size
+        return [(n,) + tuple(self.pipeline.out_shape), (n,)][:len(self.param.top)]
 
     def forward(self):
-        return self._transform(*self.prefetcher.get())
+        device = self.mean.device
+        raw = device.type != "cpu" if self.device_transform is None else self.device_transform
+        if self._batches is None or self._started != (raw, self.workers):
+            self._start(raw)
+        try:
+            (labels, draws), batch = self._batches.get(pin=raw and device.type == "cuda")
+        except CaffeError as e:
+            self.close()
+            raise self.error(str(e)) from None
+        self._next += 1
+        if raw:
+            data = transform.apply(batch.to(device, non_blocking=True), self.mean, self.pipeline.scale, draws)
+        else:
+            data = batch.to(device, self.mean.dtype)
+        if len(self.param.top) == 1:
+            return data
+        return data, torch.from_numpy(labels).to(device, self.mean.dtype)
+
+    def _start(self, raw):
+        self.close()
+        self.pipeline.reader.close()
+        fill = functools.partial(self.pipeline.fill, raw=raw)
+        shape, dtype = self.pipeline.batch_shape(), self.pipeline.batch_dtype(raw)
+        if self.workers > 0:
+            self._batches = WorkerPool(fill, shape, dtype, self._next, self.workers,
+                                       max(1, self.param.data_param.prefetch))
+        else:
+            self._batches = Synchronous(fill, shape, dtype, self._next)
+        self._started = (raw, self.workers)
 
     def close(self):
-        """Stop the background readers (they also stop when the layer is garbage collected)."""
-        self.prefetcher.close()
+        """Stop the workers; the next forward starts them again where this layer stands."""
+        if self._batches is not None:
+            self._batches.close()
+        self._batches = None
 
 
-def _stack(items, source, expected):
-    shapes = {a.shape for a, _ in items}
-    if len(shapes) != 1 or shapes.pop() != expected:
-        raise CaffeError(f"{source}: images in a batch must all be {expected} (use resize or crop_size); "
-                         f"found {sorted({a.shape for a, _ in items})}")
-    return np.stack([a for a, _ in items]), np.array([l for _, l in items], np.float32)
+def _seeds(generator, n):
+    return [int(s) for s in torch.randint(0, 2**62, (n,), generator=generator)]
 
 
 @register
-class Data(_BatchLayer):
-    """Batches of Datum records from an LMDB (``data_param.source``), in key order.
+class Data(_PrefetchingLayer):
+    """Datum records of an LMDB (``data_param.source``), in key order, ``batch_size`` at a time.
 
-    ``rand_skip`` skips a random number of records first; ``prefetch`` batches are read ahead.
+    Tops: data (batch_size, C, crop_size or H, crop_size or W) with C, H, W
+    from the first record, and optionally label (batch_size,). Raw and encoded
+    Datums (decoded as stored, or with ``force_color``/``force_gray``, which as
+    in Caffe do nothing to raw ones). ``rand_skip`` starts at a random record
+    below it (as Caffe before 1.0; 1.0 ignores it). Only the LMDB backend is
+    read (Caffe's schema defaults to LEVELDB: prototxts say ``backend: LMDB``).
     """
     type = "Data"
 
     def setup(self, bottom_shapes):
-        dp = self.param.data_param
+        dp, tp = self.param.data_param, self.param.transform_param
         if dp.backend != caffe_pb2.DataParameter.LMDB:
-            raise self.error("the LEVELDB backend is not supported; convert the data with "
-                             "`protocaffe convert_imageset --backend lmdb` and set backend: LMDB")
-        if not dp.batch_size:
-            raise self.error("data_param.batch_size must be set and positive")
-        tp = self.param.transform_param
+            raise self.error("the LEVELDB backend is not supported; convert the data to LMDB "
+                             "(`protocaffe convert_imageset --backend lmdb ...`) and set backend: LMDB")
+        if dp.batch_size <= 0:
+            raise self.error("data_param.batch_size must be positive")
+        if tp.force_color and tp.force_gray:
+            raise self.error("cannot set both force_color and force_gray")
         try:
             peek = Cursor(dp.source)
-            first, _ = decode_datum(peek.next()[1], dp.source, tp.force_color, tp.force_gray)
+            record = peek.next()[1]
             peek.close()
+            first, _ = decode_datum(record, dp.source, tp.force_color, tp.force_gray)
+            seed, skip_seed = _seeds(self.ctx.generator, 2)
+            skip = int(np.random.default_rng(skip_seed).integers(dp.rand_skip)) if dp.rand_skip else 0
+            reader = LmdbReader(dp.source, dp.batch_size, skip, tp.force_color, tp.force_gray)
         except CaffeError as e:
             raise self.error(str(e)) from None
-        self._setup_transform(first.shape, dp.batch_size)
-        skip = int(self.rng.integers(0, dp.rand_skip)) if dp.rand_skip else 0
-        readers = min(READERS, max(1, os.cpu_count() // 2))
-        producers = [_lmdb_producer(dp.source, dp.batch_size, skip + k * dp.batch_size,
-                                    (readers - 1) * dp.batch_size, tp, self.phase, self.image_shape,
-                                    np.random.default_rng(_seed(self.ctx.generator)), self.pca)
-                     for k in range(readers)]
-        self.prefetcher = RoundRobin([Prefetcher(p, max(1, dp.prefetch // readers)) for p in producers])
-
-
-READERS = 4
-"""Reader threads per Data layer (at most half the cores): LMDB reads, Datum parsing and
-copies release the GIL, so they overlap. Reader k reads batches k, k + R, k + 2R, ...,
-so the record order is Caffe's whatever R is."""
-
-
-class RoundRobin:
-    """Batches from several prefetchers in turn."""
-
-    def __init__(self, prefetchers):
-        self.prefetchers, self.next = prefetchers, 0
-
-    def get(self):
-        item = self.prefetchers[self.next].get()
-        self.next = (self.next + 1) % len(self.prefetchers)
-        return item
-
-    def close(self):
-        for p in self.prefetchers:
-            p.close()
-
-
-def _lmdb_producer(source, batch_size, skip, stride, tp, phase, shape, rng, pca):
-    """Reads a batch, then passes over ``stride`` records (those the other readers take)."""
-    cursor = None
-
-    def produce():
-        nonlocal cursor
-        if cursor is None:  # opened in the reader thread, which alone uses it
-            cursor = Cursor(source)
-            cursor.skip(skip)
-        else:
-            cursor.skip(stride)
-        images = np.empty((batch_size,) + tuple(shape), np.uint8)
-        labels = np.empty(batch_size, np.float32)
-        for i in range(batch_size):
-            img, labels[i] = decode_datum(cursor.next()[1], source, tp.force_color, tp.force_gray)
-            if img.shape != images.shape[1:]:
-                raise CaffeError(f"{source}: images in a batch must all be {tuple(shape)} (use resize "
-                                 f"or crop_size); found {img.shape}")
-            images[i] = img
-        return (images, labels) + transform.draw(tp, phase, batch_size, shape, rng, pca)
-    return produce
-
-
-def read_image(path, height, width, is_color):
-    """An image file as a (C, H, W) uint8 BGR (or gray) array, resized bilinearly if asked."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise CaffeError(f"{path}: cannot read this image")
-    if height and width:
-        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-    img = img[:, :, None] if img.ndim == 2 else img
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
-
-
-def read_list(path):
-    """A Caffe list file: one ``relative/path label`` per line (the path may hold spaces)."""
-    entries = []
-    try:
-        lines = open(path).read().splitlines()
-    except OSError:
-        raise CaffeError(f"{path}: cannot read the image list") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        name, _, label = line.rstrip().rpartition(" ")
-        if not name or not label.lstrip("-").isdigit():
-            raise CaffeError(f"{path}:{number}: expected 'path label', found '{line}'")
-        entries.append((name, int(label)))
-    if not entries:
-        raise CaffeError(f"{path}: the image list is empty")
-    return entries
+        if (tp.force_color or tp.force_gray) and not caffe_pb2.Datum.FromString(record).encoded:
+            log.warning("layer '%s': force_color and force_gray apply only to encoded Datums", self.name)
+        self._setup_pipeline(reader, first, dp.batch_size, dp.source, seed)
 
 
 @register
-class ImageData(_BatchLayer):
-    """Batches of image files listed in ``image_data_param.source`` (``path label`` lines).
+class ImageData(_PrefetchingLayer):
+    """Image files listed in ``image_data_param.source`` (``path label`` lines), read with OpenCV.
 
-    ``root_folder`` prefixes each path; ``new_height``/``new_width`` resize; ``shuffle``
-    reshuffles at every pass; ``is_color`` false reads gray.
+    Tops: data (batch_size, C, h, w) as Data's, from the first image, and label
+    (batch_size,). Unlike Caffe with batch_size 1, every image must then have
+    one size (or crop_size must cut them to one). Paths are ``root_folder + path``; ``new_height``/``new_width`` resize
+    bilinearly; ``is_color: false`` reads gray; ``shuffle`` draws a new order at
+    every pass; ``rand_skip`` starts at a random item below it.
     """
     type = "ImageData"
+    num_tops = 2
 
     def setup(self, bottom_shapes):
         p = self.param.image_data_param
-        if not p.batch_size:
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise self.error("new_height and new_width must be set together")
+        if p.batch_size <= 0:
             raise self.error("image_data_param.batch_size must be positive")
+        seed, shuffle_seed, skip_seed = _seeds(self.ctx.generator, 3)
         try:
             entries = read_list(p.source)
-            first = read_image(os.path.join(p.root_folder, entries[0][0]), p.new_height, p.new_width,
-                               p.is_color)
+            skip = int(np.random.default_rng(skip_seed).integers(p.rand_skip)) if p.rand_skip else 0
+            if skip >= len(entries):
+                raise CaffeError(f"{p.source}: rand_skip drew {skip}, but the list has {len(entries)} images")
+            reader = ImageListReader(entries, p.root_folder, p.new_height, p.new_width, p.is_color,
+                                     p.batch_size, skip, shuffle_seed if p.shuffle else None)
+            first, _ = reader.image(skip)
         except CaffeError as e:
             raise self.error(str(e)) from None
-        self._setup_transform(first.shape, p.batch_size)
-        tp, phase, shape, rng, pca = (self.param.transform_param, self.phase, self.image_shape, self.rng,
-                                      self.pca)
-        order = list(range(len(entries)))
-        if p.shuffle:
-            rng.shuffle(order)
-        state = {"pos": int(rng.integers(0, p.rand_skip)) if p.rand_skip else 0}
-
-        def produce():
-            items = []
-            for _ in range(p.batch_size):
-                if state["pos"] >= len(order):
-                    state["pos"] = 0
-                    if p.shuffle:
-                        rng.shuffle(order)
-                name, label = entries[order[state["pos"]]]
-                state["pos"] += 1
-                items.append((read_image(os.path.join(p.root_folder, name), p.new_height, p.new_width,
-                                         p.is_color), label))
-            images, labels = _stack(items, p.source, shape)
-            return (images, labels) + transform.draw(tp, phase, p.batch_size, shape, rng, pca)
-        self.prefetcher = Prefetcher(produce, 4)
+        self._setup_pipeline(reader, first, p.batch_size, p.source, seed)
 
 
 @register
-class MemoryData(_BatchLayer):
-    """Batches from numpy arrays given with ``set_input_arrays(data, labels)`` (pycaffe's name).
+class MemoryData(Layer):
+    """Batches of arrays handed over from Python with :meth:`reset` (pycaffe's ``set_input_arrays``).
 
-    data (M, channels, height, width) with M a multiple of batch_size; labels (M,).
-    Batches are taken in order, wrapping around. The transformation applies.
+    data (M, channels, height, width) and labels (M,), M a multiple of
+    ``batch_size``, taken in order and wrapping around. As in Caffe the arrays
+    are not transformed, and a forward before any arrays were given is an error.
     """
     type = "MemoryData"
+    num_bottoms = 0
+    num_tops = 2
 
     def setup(self, bottom_shapes):
         p = self.param.memory_data_param
-        if not (p.batch_size and p.channels and p.height and p.width):
-            raise self.error("memory_data_param needs batch_size, channels, height and width")
+        if not (p.batch_size > 0 and p.channels > 0 and p.height > 0 and p.width > 0):
+            raise self.error("memory_data_param needs batch_size, channels, height and width, all positive")
         self.batch_size = p.batch_size
-        self._setup_transform((p.channels, p.height, p.width), p.batch_size)
-        self.data = None
+        self.shape = (p.channels, p.height, p.width)
+        self.register_buffer("data", None, persistent=False)
+        self.register_buffer("labels", None, persistent=False)
+        self.pos = 0
 
-    def set_input_arrays(self, data, labels):
-        data = np.asarray(data)
+    def top_shapes(self, bottom_shapes):
+        return [(self.batch_size,) + self.shape, (self.batch_size,)]
+
+    def reset(self, data, labels):
+        """Serve ``data`` (M, C, H, W) and ``labels`` (M,) from the start (Caffe's Reset)."""
+        data = np.asarray(data, np.float32)
         labels = np.asarray(labels, np.float32).reshape(-1)
-        if data.ndim != 4 or tuple(data.shape[1:]) != self.image_shape:
-            raise self.error(f"data must be (M,) + {self.image_shape}, found {data.shape}")
-        if len(data) % self.batch_size or len(labels) != len(data):
-            raise self.error(f"needs M a multiple of batch_size {self.batch_size} and one label per "
-                             f"item, found {len(data)} items and {len(labels)} labels")
-        self.data, self.labels, self.pos = data, labels, 0
+        if data.ndim != 4 or tuple(data.shape[1:]) != self.shape:
+            raise self.error(f"data must have shape (M,) + {self.shape}, found {data.shape}")
+        if len(data) == 0 or len(data) % self.batch_size or len(labels) != len(data):
+            raise self.error(f"needs M a positive multiple of batch_size {self.batch_size} and one label "
+                             f"per item, found {len(data)} items and {len(labels)} labels")
+        if self.param.HasField("transform_param"):
+            log.warning("layer '%s': MemoryData does not transform arrays given to reset()", self.name)
+        self.data = torch.tensor(data, device=self.ctx.device)
+        self.labels = torch.tensor(labels, device=self.ctx.device)
+        self.pos = 0
 
-    reset = set_input_arrays
+    set_input_arrays = reset
 
     def forward(self):
         if self.data is None:
-            raise self.error("no data: call set_input_arrays(data, labels) first")
+            raise self.error("no arrays to serve: call reset(data, labels) (set_input_arrays) first")
         sl = slice(self.pos, self.pos + self.batch_size)
         self.pos = (self.pos + self.batch_size) % len(self.data)
-        drawn = transform.draw(self.param.transform_param, self.phase, self.batch_size,
-                               self.image_shape, self.rng, self.pca)
-        return self._transform(np.ascontiguousarray(self.data[sl]), self.labels[sl], *drawn)
-
-    def close(self):
-        pass
+        return self.data[sl], self.labels[sl]

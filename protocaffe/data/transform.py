@@ -1,109 +1,152 @@
-"""Caffe's DataTransformer for whole batches, on the CPU or the GPU.
+"""Caffe's DataTransformer, split into its random part and its arithmetic.
 
-For each image: out = (x - mean) * scale over the crop window, mirrored when
-drawn. The mean file is indexed at the uncropped position (a full-size mean
-subtracted before cropping); mean values are per channel. Crop offsets are
-random in TRAIN and centred in TEST; mirroring is random whenever ``mirror`` is
-set, in both phases, as in Caffe. The random draws happen where the batch is
-read (see :func:`draw`); :func:`apply` is pure tensor indexing, so the CPU and
-GPU give the same numbers.
+For each image Caffe computes ``out = (x - mean) * scale`` in float32 over the
+crop window, written mirrored when drawn. The mean file is full-size and
+indexed at the uncropped position, so its window moves with the crop; mean
+values are one per channel. Crops are random in TRAIN and centred in TEST;
+mirroring is random whenever ``mirror`` is set, in both phases.
+
+Here the draws for batch ``k`` come from ``(seed, k)`` alone (:class:`Augment`),
+so any number of workers give the same batches. The arithmetic exists for one
+image in numpy (:func:`normalize_into`, run by the workers when the net is on
+the CPU) and for a batch in torch (:func:`apply`, run on the net's device);
+both do the same float32 operations in the same order, so they agree bit for
+bit. With AlexNet's PCA lighting (``pca_file``, TRAIN only; :class:`Pca`) a
+per-image colour shift is added to the pixel first: ``out = ((x + shift) - mean) * scale``.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from protocaffe import io
 from protocaffe.errors import CaffeError
-from protocaffe.proto import caffe_pb2
 
 
 def load_mean(layer, tp, shape):
-    """The mean to subtract as a float32 tensor: (C, H, W) from mean_file, (C, 1, 1) from
-    mean_value, or a single 0. Errors name the layer and what did not fit."""
-    channels, height, width = shape
+    """The mean to subtract as float32: (C, H, W) from mean_file, (C, 1, 1) from mean_value,
+    or (1, 1, 1) zeros. Errors name the layer, the file and both shapes."""
+    channels = shape[0]
     if tp.mean_file and len(tp.mean_value):
-        raise layer.error("give mean_file or mean_value, not both")
+        raise layer.error("cannot specify mean_file and mean_value at the same time")
     if tp.mean_file:
-        mean = io.read_mean(tp.mean_file)
-        if mean.shape != (channels, height, width):
+        try:
+            mean = io.read_mean(tp.mean_file)
+        except CaffeError as e:
+            raise layer.error(f"mean file: {e}") from None
+        if mean.shape != tuple(shape):
             raise layer.error(f"mean file {tp.mean_file} has shape {mean.shape}, but the images are "
-                              f"{(channels, height, width)}")
-        return torch.from_numpy(mean.copy())
+                              f"{tuple(shape)}")
+        return np.ascontiguousarray(mean, np.float32)
     if len(tp.mean_value):
         values = list(tp.mean_value)
         if len(values) not in (1, channels):
-            raise layer.error(f"needs 1 or {channels} mean_value, found {len(values)}")
-        values = values * channels if len(values) == 1 else values
-        return torch.tensor(values, dtype=torch.float32).view(channels, 1, 1)
-    return torch.zeros(1, 1, 1)
+            raise layer.error(f"specify 1 mean_value or {channels} (one per channel), found {len(values)}")
+        return np.array(values * channels if len(values) == 1 else values, np.float32).reshape(-1, 1, 1)
+    return np.zeros((1, 1, 1), np.float32)
 
 
-def output_shape(tp, shape):
-    """(C, H, W) after cropping."""
+def output_shape(crop, shape):
+    """(C, H, W) of a transformed image: the crop window, or the whole image."""
     c, h, w = shape
-    if tp.crop_size:
-        if tp.crop_size > h or tp.crop_size > w:
-            raise CaffeError(f"crop_size {tp.crop_size} exceeds the image size {h}x{w}")
-        return (c, tp.crop_size, tp.crop_size)
-    return (c, h, w)
+    if crop and (crop > h or crop > w):
+        raise CaffeError(f"crop_size {crop} exceeds the image size {h}x{w}")
+    return (c, crop, crop) if crop else (c, h, w)
 
 
-def draw(tp, phase, n, shape, rng, pca=None):
-    """Per-image crop offsets (n, 2), mirror flags (n,) and, with PCA colour augmentation in
-    TRAIN, colour shifts (n, C) in pixel units (else None)."""
-    _, h, w = shape
-    crop = tp.crop_size
-    flips = rng.integers(0, 2, n).astype(bool) if tp.mirror else np.zeros(n, bool)
-    if not crop:
-        offsets = np.zeros((n, 2), np.int64)
-    elif phase == caffe_pb2.TRAIN:
-        offsets = np.stack([rng.integers(0, h - crop + 1, n), rng.integers(0, w - crop + 1, n)], 1)
+@dataclass(frozen=True)
+class Pca:
+    """AlexNet's lighting noise (``pca_file``, ``pca_std``; TRAIN only).
+
+    ``eigenvalues`` (C,) and ``eigenvectors`` (C, C), one per row, are those of
+    the channel covariance of intensities in [0, 1] (protocaffe.data.pca). Each
+    image draws alpha ~ N(0, std) per component, and every pixel gets the shift
+    ``255 * sum_i alpha_i * eigenvalue_i * eigenvector_i``, in pixel units.
+    """
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    std: float
+
+    def shifts(self, rng, n):
+        """(n, C) float32 per-image colour shifts."""
+        alphas = rng.normal(0.0, self.std, (n, len(self.eigenvalues)))
+        return (255.0 * (alphas * self.eigenvalues) @ self.eigenvectors).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random choices for one batch: (N, 2) crop offsets (y, x), (N,) mirror flags,
+    (N, C) colour shifts or None."""
+    offsets: np.ndarray
+    flips: np.ndarray
+    shifts: np.ndarray = None
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Caffe's random choices, drawn for batch ``k`` from ``(seed, k)``."""
+    crop: int
+    mirror: bool
+    random_crop: bool
+    seed: int
+    pca: Pca = None
+
+    def draw(self, k, sizes):
+        """Draws for batch ``k`` whose images have the (H, W) ``sizes`` (an (N, 2) array)."""
+        rng = np.random.default_rng([self.seed, k])
+        n = len(sizes)
+        flips = rng.integers(0, 2, n).astype(bool) if self.mirror else np.zeros(n, bool)
+        room = sizes - self.crop + 1 if self.crop else np.ones((n, 2), np.int64)
+        if self.crop and self.random_crop:
+            offsets = rng.integers(0, room)
+        else:
+            offsets = (room - 1) // 2
+        shifts = self.pca.shifts(rng, n) if self.pca is not None else None
+        return Draws(offsets.astype(np.int64), flips, shifts)
+
+
+def window(img, offset, flip, height, width):
+    """The (C, height, width) view of ``img`` at ``offset``, mirrored left-right if ``flip``."""
+    y, x = int(offset[0]), int(offset[1])
+    win = img[:, y:y + height, x:x + width]
+    return win[:, :, ::-1] if flip else win
+
+
+def normalize_into(out, win, mean, shift, scale):
+    """``out = ((win + shift) - mean) * scale`` in float32, for one image (numpy).
+
+    ``mean`` is the mean's window (already cropped and mirrored) or per-channel values.
+    """
+    if shift is None:
+        np.subtract(win, mean, out=out, dtype=np.float32)
     else:
-        offsets = np.tile([(h - crop) // 2, (w - crop) // 2], (n, 1))
-    shift = None
-    if pca is not None and phase == caffe_pb2.TRAIN:
-        from protocaffe.data.pca import colour_shift
-        shift = colour_shift(pca[0], pca[1], tp.pca_std, n, rng)
-    return offsets, flips, shift
+        np.add(win, shift.reshape(-1, 1, 1), out=out, dtype=np.float32)
+        np.subtract(out, mean, out=out)
+    if scale != 1:
+        np.multiply(out, scale, out=out)
 
 
-def apply(batch, mean, scale, crop, offsets, flips, shift=None):
-    """Transform a (N, C, H, W) uint8 or float batch on its device: take the crop windows
-    (mirrored where flagged) of the image and of the mean, subtract, add the colour
-    shift if any, scale. On a GPU one gather does every image at once; on the CPU a
-    loop of slices is several times faster. Both give the same numbers."""
-    if batch.device.type == "cpu":
-        return _apply_sliced(batch, mean, scale, crop, offsets, flips, shift)
-    n, c, h, w = batch.shape
-    device = batch.device
-    ch, cw = (crop, crop) if crop else (h, w)
-    offsets = torch.as_tensor(offsets, device=device)
-    flips = torch.as_tensor(flips, device=device)
-    ar_h = torch.arange(ch, device=device)
-    ar_w = torch.arange(cw, device=device)
-    rows = offsets[:, :1] + ar_h                                          # (N, ch)
-    cols = offsets[:, 1:] + torch.where(flips[:, None], cw - 1 - ar_w, ar_w)  # (N, cw)
-    ni = torch.arange(n, device=device)[:, None, None, None]
-    ci = torch.arange(c, device=device)[None, :, None, None]
-    r, q = rows[:, None, :, None], cols[:, None, None, :]
-    x = batch[ni, ci, r, q].float()
-    if mean.shape[1:] == (1, 1):
-        x = x - mean
-    else:
-        x = x - mean[ci[0], r, q]
-    if shift is not None:
-        x = x + torch.as_tensor(shift, device=device)[:, :, None, None]
-    return x * scale if scale != 1 else x
+def is_full(mean):
+    """Whether a mean is a full image (a mean file), rather than per-channel values."""
+    return mean.shape[1:] != (1, 1)
 
 
-def _apply_sliced(batch, mean, scale, crop, offsets, flips, shift):
-    n, c, h, w = batch.shape
-    ch, cw = (crop, crop) if crop else (h, w)
-    full_mean = mean.shape[1:] != (1, 1)
-    out = torch.empty((n, c, ch, cw), dtype=torch.float32)
-    for i, ((y, x), flip) in enumerate(zip(np.asarray(offsets).tolist(), np.asarray(flips).tolist())):
-        m = mean[:, y:y + ch, x:x + cw] if full_mean else mean
-        v = batch[i, :, y:y + ch, x:x + cw].float() - m
-        out[i] = v.flip(-1) if flip else v
-    if shift is not None:
-        out += torch.as_tensor(shift)[:, :, None, None]
-    return out.mul_(scale) if scale != 1 else out
+def apply(batch, mean, scale, draws):
+    """The batch version of :func:`normalize_into`, in torch on the batch's device.
+
+    ``batch`` holds the (N, C, h, w) crop windows, already mirrored; ``mean`` is
+    (C, H, W) (its windows are gathered here at ``draws``) or (C, 1, 1).
+    """
+    n, _, h, w = batch.shape
+    x = batch.to(mean.dtype)
+    if draws.shifts is not None:
+        x = x + torch.from_numpy(draws.shifts).to(x.device, x.dtype)[:, :, None, None]
+    if is_full(mean):
+        offsets = torch.from_numpy(draws.offsets).to(x.device)
+        flips = torch.from_numpy(draws.flips).to(x.device)
+        cols = torch.arange(w, device=x.device)
+        rows = offsets[:, :1] + torch.arange(h, device=x.device)                    # (N, h)
+        cols = offsets[:, 1:] + torch.where(flips[:, None], w - 1 - cols, cols)     # (N, w)
+        mean = mean[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)          # (N, C, h, w)
+    x = x - mean
+    return x * float(scale) if scale != 1 else x
