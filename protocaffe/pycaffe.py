@@ -230,6 +230,13 @@ class Net:
         names = list(self.inputs) + list(diffs or [])
         return {n: self.blobs[n].diff for n in names}
 
+    def set_input_arrays(self, data, labels, layer=None):
+        """Feed numpy arrays to the net's MemoryData layer (the first, or the one named)."""
+        layers = [l for n, l in self.layer_dict.items() if l.type == "MemoryData" and layer in (None, n)]
+        if not layers:
+            raise CaffeError("set_input_arrays needs a MemoryData layer in the net")
+        layers[0].set_input_arrays(data, labels)
+
     def save(self, path):
         """Write the weights as a .caffemodel."""
         self.module.save(path)

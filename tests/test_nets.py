@@ -137,3 +137,16 @@ def test_unknown_layer_type_lists_known_types(tmp_path):
         'layer { name: "py" type: "Python" bottom: "x" top: "y" }\n')
     with pytest.raises(protocaffe.CaffeError, match=r"layer 'py' has type 'Python'.*supported types: .*Input"):
         netlib.build_net(str(tmp_path / "net.prototxt"))
+
+
+def test_pycaffe_set_input_arrays(tmp_path):
+    (tmp_path / "m.prototxt").write_text(
+        'layer { name: "m" type: "MemoryData" top: "data" top: "label" '
+        'memory_data_param { batch_size: 2 channels: 1 height: 1 width: 3 } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        'inner_product_param { num_output: 2 weight_filler { type: "constant" value: 1 } } }\n')
+    net = protocaffe.Net(str(tmp_path / "m.prototxt"), protocaffe.TEST)
+    net.set_input_arrays(np.arange(12, dtype=np.float32).reshape(4, 1, 1, 3), np.arange(4, dtype=np.float32))
+    out = net.forward()
+    np.testing.assert_array_equal(out["ip"], [[3, 3], [12, 12]])
+    np.testing.assert_array_equal(net.blobs["label"].data, [0, 1])
