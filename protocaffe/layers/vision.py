@@ -20,6 +20,15 @@ def _pair(p, repeated, single_h, single_w, fallback):
     return fallback, fallback
 
 
+def _add_bias(layer, p):
+    """The optional bias blob of (num_output,) shared by Convolution, InnerProduct and Embed."""
+    if p.bias_term:
+        layer.add_blob("bias", (p.num_output,), p.bias_filler)
+    else:
+        layer.bias = None
+        layer.blob_names = ("weight",)
+
+
 class _ConvBase(Layer):
     blob_names = ("weight", "bias")
 
@@ -39,11 +48,7 @@ class _ConvBase(Layer):
             raise self.error(f"channels ({channels}) and num_output ({p.num_output}) must be "
                              f"divisible by group ({self.group})")
         self.add_blob("weight", self.weight_shape(channels, p.num_output), p.weight_filler)
-        if p.bias_term:
-            self.add_blob("bias", (p.num_output,), p.bias_filler)
-        else:
-            self.bias = None
-            self.blob_names = ("weight",)
+        _add_bias(self, p)
 
     def top_shapes(self, bottom_shapes):
         n, _, h, w = bottom_shapes[0]
@@ -212,11 +217,7 @@ class InnerProduct(Layer):
         k = count(shape, self.axis)
         self.transpose = p.transpose
         self.add_blob("weight", (k, p.num_output) if p.transpose else (p.num_output, k), p.weight_filler)
-        if p.bias_term:
-            self.add_blob("bias", (p.num_output,), p.bias_filler)
-        else:
-            self.bias = None
-            self.blob_names = ("weight",)
+        _add_bias(self, p)
 
     def top_shapes(self, bottom_shapes):
         return [tuple(bottom_shapes[0][:self.axis]) + (self.param.inner_product_param.num_output,)]
@@ -239,11 +240,7 @@ class Embed(Layer):
     def setup(self, bottom_shapes):
         p = self.param.embed_param
         self.add_blob("weight", (p.input_dim, p.num_output), p.weight_filler)
-        if p.bias_term:
-            self.add_blob("bias", (p.num_output,), p.bias_filler)
-        else:
-            self.bias = None
-            self.blob_names = ("weight",)
+        _add_bias(self, p)
 
     def top_shapes(self, bottom_shapes):
         return [tuple(bottom_shapes[0]) + (self.param.embed_param.num_output,)]
