@@ -17,9 +17,15 @@ import samples
 from protocaffe.layers import LAYERS, BuildContext
 from protocaffe.proto import caffe_pb2
 
-SAMPLES = {}
+SAMPLES, DUPLICATES = {}, []
 for info in pkgutil.iter_modules(samples.__path__):
-    SAMPLES.update(importlib.import_module(f"samples.{info.name}").SAMPLES)
+    family = importlib.import_module(f"samples.{info.name}").SAMPLES
+    DUPLICATES += sorted(set(SAMPLES) & set(family))
+    SAMPLES.update(family)
+
+
+def test_no_type_is_sampled_twice():
+    assert not DUPLICATES, f"layer types sampled in two files of tests/samples: {DUPLICATES}"
 
 
 def test_every_registered_type_has_a_sample():

@@ -19,7 +19,10 @@ class _Neuron(Layer):
 
 @register
 class ReLU(_Neuron):
-    """max(x, 0) + negative_slope * min(x, 0)."""
+    """max(x, 0) + negative_slope * min(x, 0); x (any) -> same shape.
+
+    The gradient at exactly 0 is negative_slope (Caffe takes x > 0 as the positive side).
+    """
     type = "ReLU"
 
     def forward(self, x):
@@ -29,7 +32,7 @@ class ReLU(_Neuron):
 
 @register
 class Sigmoid(_Neuron):
-    """1 / (1 + exp(-x))."""
+    """1 / (1 + exp(-x)); x (any) -> same shape."""
     type = "Sigmoid"
 
     def forward(self, x):
@@ -38,7 +41,7 @@ class Sigmoid(_Neuron):
 
 @register
 class TanH(_Neuron):
-    """tanh(x)."""
+    """tanh(x); x (any) -> same shape."""
     type = "TanH"
 
     def forward(self, x):
@@ -47,7 +50,7 @@ class TanH(_Neuron):
 
 @register
 class AbsVal(_Neuron):
-    """|x|; Caffe's gradient is sign(x) (0 at 0), as autograd's."""
+    """|x|; x (any) -> same shape. Caffe's gradient is sign(x), 0 at 0, as autograd's."""
     type = "AbsVal"
 
     def forward(self, x):
@@ -56,50 +59,64 @@ class AbsVal(_Neuron):
 
 @register
 class BNLL(_Neuron):
-    """Binomial normal log likelihood: log(1 + exp(x)), computed stably."""
+    """Binomial normal log likelihood log(1 + exp(x)); x (any) -> same shape.
+
+    This is PyTorch's softplus; its linear branch above x = 20 equals Caffe's
+    value in float32, and its gradient stays finite for any x.
+    """
     type = "BNLL"
 
     def forward(self, x):
-        return torch.where(x > 0, x + torch.log1p(torch.exp(-x)), torch.log1p(torch.exp(x)))
+        return F.softplus(x)
 
 
 @register
 class ELU(_Neuron):
-    """x for x > 0, alpha (exp(x) - 1) otherwise."""
+    """x for x > 0, alpha (exp(x) - 1) otherwise; x (any) -> same shape."""
     type = "ELU"
 
     def forward(self, x):
         return F.elu(x, self.param.elu_param.alpha)
 
 
-def _base_log(base):
-    """ln(base), with Caffe's convention that base -1 means e."""
-    return 1.0 if base == -1 else math.log(base)
+def _log_base(layer, base):
+    """ln(base) for Exp and Log; Caffe's base -1 stands for e, any other base must be positive."""
+    if base == -1:
+        return 1.0
+    if not base > 0:
+        raise layer.error(f"base must be strictly positive (or -1 for e), found {base}")
+    return math.log(base)
 
 
 @register
 class Exp(_Neuron):
-    """base ^ (shift + scale x); base -1 means e."""
+    """base ^ (shift + scale x); x (any) -> same shape. base -1 (the default) means e."""
     type = "Exp"
+
+    def setup(self, bottom_shapes):
+        self.ln_base = _log_base(self, self.param.exp_param.base)
 
     def forward(self, x):
         p = self.param.exp_param
-        return torch.exp((p.shift + p.scale * x) * _base_log(p.base))
+        return torch.exp((p.shift + p.scale * x) * self.ln_base)
 
 
 @register
 class Log(_Neuron):
-    """log_base(shift + scale x); base -1 means e."""
+    """log_base(shift + scale x); x (any) -> same shape. base -1 (the default) means e."""
     type = "Log"
+
+    def setup(self, bottom_shapes):
+        self.ln_base = _log_base(self, self.param.log_param.base)
 
     def forward(self, x):
         p = self.param.log_param
-        return torch.log(p.shift + p.scale * x) / _base_log(p.base)
+        return torch.log(p.shift + p.scale * x) / self.ln_base
 
 
 @register
 class Power(_Neuron):
-    """(shift + scale x) ^ power."""
+    """(shift + scale x) ^ power; x (any) -> same shape. power 0 gives ones and no gradient."""
     type = "Power"
 
     def forward(self, x):
@@ -109,28 +126,29 @@ class Power(_Neuron):
 
 @register
 class PReLU(_Neuron):
-    """max(x, 0) + a * min(x, 0), one learned slope per channel (axis 1) or one shared.
+    """max(x, 0) + a * min(x, 0) with a learned slope a; x (N, C, ...) -> same shape.
 
-    Without a filler, Caffe starts the slopes at 0.25. A shared slope is a 0-axis blob, as in Caffe.
+    ``weight`` holds one slope per channel (C,), or with ``channel_shared`` a single
+    slope stored as a 0-axis blob, as Caffe saves it. Without a ``filler`` Caffe
+    starts the slopes at the constant 0.25 (hard-coded in Caffe, not a proto default).
     """
     type = "PReLU"
-    blob_names = ("weight",)
 
     def setup(self, bottom_shapes):
+        if len(bottom_shapes[0]) < 2:
+            raise self.error(f"needs a bottom with at least 2 axes, found shape {bottom_shapes[0]}")
         p = self.param.prelu_param
         filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(type="constant", value=0.25)
-        channels = bottom_shapes[0][1] if len(bottom_shapes[0]) > 1 else 1
-        self.add_blob("weight", () if p.channel_shared else (channels,), filler)
+        self.add_blob("weight", () if p.channel_shared else (bottom_shapes[0][1],), filler)
 
     def forward(self, x):
-        a = self.weight if self.param.prelu_param.channel_shared else \
-            self.weight.view((1, -1) + (1,) * (x.dim() - 2))
+        a = self.weight if self.weight.dim() == 0 else self.weight.view((1, -1) + (1,) * (x.dim() - 2))
         return torch.where(x > 0, x, a * x)
 
 
 @register
 class Threshold(_Neuron):
-    """1 where x > threshold, else 0. No gradient."""
+    """1 where x > threshold, else 0; x (any) -> same shape. No gradient, as in Caffe."""
     type = "Threshold"
 
     def forward(self, x):
@@ -139,11 +157,17 @@ class Threshold(_Neuron):
 
 @register
 class Dropout(_Neuron):
-    """TRAIN: keep each unit with probability 1 - ratio and scale it by 1 / (1 - ratio); TEST: identity.
+    """x (any) -> same shape. TRAIN: each unit kept with probability 1 - dropout_ratio and
+    scaled by 1 / (1 - dropout_ratio) (inverted dropout, as Caffe); TEST: identity.
 
     The mask is drawn from the net's generator, so a seeded run repeats.
     """
     type = "Dropout"
+
+    def setup(self, bottom_shapes):
+        ratio = self.param.dropout_param.dropout_ratio
+        if not 0 <= ratio < 1:
+            raise self.error(f"dropout_ratio must be in [0, 1), found {ratio}")
 
     def forward(self, x):
         if self.phase != caffe_pb2.TRAIN:
@@ -155,7 +179,7 @@ class Dropout(_Neuron):
 
 @register
 class Swish(_Neuron):
-    """x * sigmoid(beta x)."""
+    """x * sigmoid(beta x); x (any) -> same shape."""
     type = "Swish"
 
     def forward(self, x):
@@ -164,7 +188,7 @@ class Swish(_Neuron):
 
 @register
 class Clip(_Neuron):
-    """min(max(x, min), max)."""
+    """min(max(x, min), max); x (any) -> same shape. The gradient passes where min <= x <= max."""
     type = "Clip"
 
     def forward(self, x):
