@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.errors import CaffeError
-from protocaffe.layers import BuildContext, layer_class
+from protocaffe.layer_types import BuildContext, layer_class
 from protocaffe.proto import caffe_pb2
 from protocaffe.upgrade import upgrade_net
 
@@ -27,12 +27,12 @@ from protocaffe.upgrade import upgrade_net
 
 def read_net_param(path):
     """Read a net prototxt and bring it to the current format, as Caffe's ReadNetParamsFromTextFileOrDie."""
-    return upgrade_net(io.read_text(path, caffe_pb2.NetParameter), os.fspath(path))
+    return upgrade_net(fileio.read_text(path, caffe_pb2.NetParameter), os.fspath(path))
 
 
 def read_weights_param(path):
     """Read a binary .caffemodel (any version) and upgrade it, as ReadNetParamsFromBinaryFileOrDie."""
-    return upgrade_net(io.read_binary(path, caffe_pb2.NetParameter), os.fspath(path))
+    return upgrade_net(fileio.read_binary(path, caffe_pb2.NetParameter), os.fspath(path))
 
 
 # ---- 2. filter by NetState ---------------------------------------------------
@@ -312,11 +312,11 @@ class CaffeNet(nn.Module):
                 raise CaffeError(f"{where}: layer '{src.name}' has {len(src.blobs)} blobs in the weights "
                                  f"but {len(targets)} in the net")
             for i, (blob, target) in enumerate(zip(src.blobs, targets)):
-                data = io.blob_to_array(blob)
+                data = fileio.blob_to_array(blob)
                 if not _blob_fits(blob, tuple(target.shape)):
                     raise CaffeError(
                         f"{where}: cannot copy param {i} weights from layer '{src.name}'; shape mismatch. "
-                        f"Source param shape is {'x'.join(map(str, io.blob_shape(blob)))}; "
+                        f"Source param shape is {'x'.join(map(str, fileio.blob_shape(blob)))}; "
                         f"target param shape is {'x'.join(map(str, target.shape))}")
                 with torch.no_grad():
                     target.copy_(torch.from_numpy(data.reshape(tuple(target.shape))))
@@ -333,20 +333,20 @@ class CaffeNet(nn.Module):
             del lp.blobs[:]
             for t in layer.blobs:
                 grad = t.grad if write_diff and t.grad is not None else None
-                io.array_to_blob(t.detach().cpu().numpy(),
+                fileio.array_to_blob(t.detach().cpu().numpy(),
                                  None if grad is None else grad.detach().cpu().numpy(),
                                  blob=lp.blobs.add())
         return out
 
     def save(self, path, *, write_diff=False):
         """Write a .caffemodel that Caffe loads."""
-        io.write_binary(self.to_proto(write_diff=write_diff), path)
+        fileio.write_binary(self.to_proto(write_diff=write_diff), path)
 
 
 def _blob_fits(blob, target_shape):
     """Caffe's ShapeEquals: legacy dims compare as the target's 4-d legacy shape."""
-    if not io.is_legacy_blob(blob):
-        return io.blob_shape(blob) == target_shape
+    if not fileio.is_legacy_blob(blob):
+        return fileio.blob_shape(blob) == target_shape
     if len(target_shape) > 4:
         return False
     legacy = (1,) * (4 - len(target_shape)) + target_shape

@@ -5,7 +5,7 @@ As in Caffe, a file already in the latest format is written out unchanged
 (with a warning). Unlike Caffe, a file that cannot be upgraded cleanly writes
 nothing: the error names the file and layer, and the command exits 1.
 """
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, setup
 from protocaffe.proto import caffe_pb2
@@ -20,7 +20,7 @@ def _paths(name, argv):
 
 
 def _upgrade_file(src, dst, message_type, binary, needs, upgrade):
-    read, write = (io.read_binary, io.write_binary) if binary else (io.read_text, io.write_text)
+    read, write = (fileio.read_binary, fileio.write_binary) if binary else (fileio.read_text, fileio.write_text)
     param = read(src, message_type)
     if needs(param):
         param = upgrade(param, src)

@@ -9,7 +9,7 @@ import torch
 import protocaffe
 from conftest import GOLDEN, cuda
 from protocaffe.data.db import Cursor, decode_datum
-from protocaffe.io import array_to_datum, parse_text, write_mean
+from protocaffe.fileio import array_to_datum, parse_text, write_mean
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import protocaffe
-from protocaffe.io import parse_text
+from protocaffe.fileio import parse_text
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 from test_data import logged, records  # noqa: F401 (a fixture)

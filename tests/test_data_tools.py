@@ -113,7 +113,7 @@ def test_compute_pca_writes_the_eigen_decomposition(golden_cwd, tmp_path, capsys
 
 @pytest.mark.parametrize("bad", [np.zeros((3, 3)), np.zeros(3)])
 def test_a_pca_file_of_the_wrong_shape(golden_cwd, tmp_path, bad):
-    from protocaffe.io import array_to_blob, write_binary
+    from protocaffe.fileio import array_to_blob, write_binary
     from test_data import data_net
     write_binary(array_to_blob(bad.astype(np.float32)), tmp_path / "p.binaryproto")
     with pytest.raises(Exception, match=r"layer 'data'.*pca_file: .*p.binaryproto: a PCA file holds a \(C \+ 1, C\)"):

@@ -7,7 +7,7 @@ from conftest import GOLDEN as G
 from protocaffe.cli import main
 from protocaffe.data.db import Cursor, decode_datum
 from protocaffe.evaluate import predict, score_averaged, ten_crops
-from protocaffe.io import read_mean
+from protocaffe.fileio import read_mean
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 

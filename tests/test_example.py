@@ -9,7 +9,7 @@ import pytest
 from protocaffe.cli import main
 from protocaffe.data.db import Cursor, decode_datum
 from protocaffe.datasets.shapes import CLASSES, make_shapes
-from protocaffe.io import read_mean
+from protocaffe.fileio import read_mean
 from protocaffe.solver import get_solver, read_solver_param
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ import torch
 
 import protocaffe
 from protocaffe import net as netlib
-from protocaffe.io import parse_text
+from protocaffe.fileio import parse_text
 from protocaffe.proto import caffe_pb2
 
 NET = """

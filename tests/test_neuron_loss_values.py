@@ -6,8 +6,8 @@ import torch
 from google.protobuf import text_format
 
 from protocaffe.errors import CaffeError
-from protocaffe.io import array_to_blob, write_binary
-from protocaffe.layers import LAYERS, BuildContext
+from protocaffe.fileio import array_to_blob, write_binary
+from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.proto import caffe_pb2
 
 

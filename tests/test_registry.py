@@ -14,7 +14,7 @@ import torch
 from google.protobuf import text_format
 
 import samples
-from protocaffe.layers import LAYERS, BuildContext
+from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.proto import caffe_pb2
 
 SAMPLES, DUPLICATES = {}, []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN, assert_close
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.net import read_weights_param
 from protocaffe.solver import SGDSolver, get_solver, read_solver_param
 from protocaffe.solver.policies import POLICIES
@@ -52,7 +52,7 @@ def assert_weights_equal_caffe(config, net, ours, iteration, rtol=2e-4):
     assert [l.name for l in ref.layer if l.blobs] == [l.name for l in mine.layer if l.blobs]
     for a, b in zip([l for l in ref.layer if l.blobs], [l for l in mine.layer if l.blobs]):
         for i, (x, y) in enumerate(zip(a.blobs, b.blobs)):
-            assert_close(io.blob_to_array(y), io.blob_to_array(x), rtol=rtol, atol=2e-6,
+            assert_close(fileio.blob_to_array(y), fileio.blob_to_array(x), rtol=rtol, atol=2e-6,
                          what=f"{config} iter {iteration} {a.name} blob {i}")
 
 

@@ -10,10 +10,10 @@ import torch
 from google.protobuf import text_format
 
 from conftest import GOLDEN, assert_close
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.cli import main
 from protocaffe.errors import CaffeError
-from protocaffe.layers import LAYERS
+from protocaffe.layer_types import LAYERS
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 from protocaffe.upgrade import V1_SUB_PARAMS, V1_TYPES, net_needs_upgrade, upgrade_net, upgrade_solver
@@ -44,9 +44,9 @@ def upgrade_log():
 # ---- the golden V1 CaffeNet --------------------------------------------------------
 
 def test_v1_caffenet_upgrades_to_the_deploy_net_layer_by_layer(upgrade_log):
-    v1 = io.read_text(NETS / "slim_caffenet_v1.prototxt", caffe_pb2.NetParameter)
+    v1 = fileio.read_text(NETS / "slim_caffenet_v1.prototxt", caffe_pb2.NetParameter)
     up = upgrade_net(v1, "v1.prototxt")
-    deploy = io.read_text(NETS / "slim_caffenet_deploy.prototxt", caffe_pb2.NetParameter)
+    deploy = fileio.read_text(NETS / "slim_caffenet_deploy.prototxt", caffe_pb2.NetParameter)
     assert len(up.layers) == 0 and len(up.input) == 0 and len(up.input_dim) == 0
     assert up.force_backward and up.name == "slim_caffenet_v1"
     # Caffe names the layer it makes from net-level inputs "input"; the deploy file says "data"
@@ -63,17 +63,17 @@ def test_v1_caffenet_upgrades_to_the_deploy_net_layer_by_layer(upgrade_log):
 
 
 def test_v1_caffemodel_upgrades_to_the_current_blobs():
-    up = upgrade_net(io.read_binary(NETS / "slim_caffenet_v1.caffemodel", caffe_pb2.NetParameter))
-    cur = io.read_binary(NETS / "slim_caffenet.caffemodel", caffe_pb2.NetParameter)
+    up = upgrade_net(fileio.read_binary(NETS / "slim_caffenet_v1.caffemodel", caffe_pb2.NetParameter))
+    cur = fileio.read_binary(NETS / "slim_caffenet.caffemodel", caffe_pb2.NetParameter)
     assert cur.layer[0].type == "Input" and len(up.layer) == len(cur.layer) - 1 == 23
     for ours, theirs in zip(up.layer, cur.layer[1:]):
         assert (ours.name, ours.type, list(ours.bottom), list(ours.top)) == \
                (theirs.name, theirs.type, list(theirs.bottom), list(theirs.top))
         assert len(ours.blobs) == len(theirs.blobs)
         for a, b in zip(ours.blobs, theirs.blobs):
-            assert io.is_legacy_blob(a) and not io.is_legacy_blob(b)  # V1 blobs are kept as they were
-            expected = io.blob_to_array(b)
-            np.testing.assert_array_equal(io.blob_to_array(a).reshape(expected.shape), expected)
+            assert fileio.is_legacy_blob(a) and not fileio.is_legacy_blob(b)  # V1 blobs are kept as they were
+            expected = fileio.blob_to_array(b)
+            np.testing.assert_array_equal(fileio.blob_to_array(a).reshape(expected.shape), expected)
     assert sum(len(l.blobs) for l in up.layer) == 16
 
 
@@ -82,7 +82,7 @@ def test_upgraded_files_build_and_run_like_caffe(tmp_path):
                  str(tmp_path / "net.prototxt")]) == 0
     assert main(["upgrade_net_proto_binary", str(NETS / "slim_caffenet_v1.caffemodel"),
                  str(tmp_path / "w.caffemodel")]) == 0
-    param = io.read_text(tmp_path / "net.prototxt", caffe_pb2.NetParameter)
+    param = fileio.read_text(tmp_path / "net.prototxt", caffe_pb2.NetParameter)
     assert not net_needs_upgrade(param)
     ref = np.load(NETS / "slim_caffenet.npz")
     model = build_net(param, caffe_pb2.TEST, weights=str(tmp_path / "w.caffemodel"))
@@ -307,7 +307,7 @@ def test_old_batchnorm_specs_get_lr_and_decay_zero():
 
 
 def test_current_net_is_unchanged(upgrade_log):
-    deploy = io.read_text(NETS / "slim_caffenet_deploy.prototxt", caffe_pb2.NetParameter)
+    deploy = fileio.read_text(NETS / "slim_caffenet_deploy.prototxt", caffe_pb2.NetParameter)
     assert not net_needs_upgrade(deploy)
     assert upgrade_net(deploy) == deploy and upgrade_log == []
 
@@ -338,30 +338,30 @@ def test_upgrade_net_proto_text(tmp_path):
     assert main(["upgrade_net_proto_text", str(NETS / "slim_caffenet_v1.prototxt"), str(out)]) == 0
     text = out.read_text()
     assert 'type: "Convolution"' in text and "layers {" not in text and "input_dim" not in text
-    expected = upgrade_net(io.read_text(NETS / "slim_caffenet_v1.prototxt", caffe_pb2.NetParameter))
-    assert io.read_text(out, caffe_pb2.NetParameter) == expected
+    expected = upgrade_net(fileio.read_text(NETS / "slim_caffenet_v1.prototxt", caffe_pb2.NetParameter))
+    assert fileio.read_text(out, caffe_pb2.NetParameter) == expected
 
 
 def test_upgrade_net_proto_binary(tmp_path):
     out = tmp_path / "w.caffemodel"
     assert main(["upgrade_net_proto_binary", str(NETS / "slim_caffenet_v1.caffemodel"), str(out)]) == 0
-    written = io.read_binary(out, caffe_pb2.NetParameter)
+    written = fileio.read_binary(out, caffe_pb2.NetParameter)
     assert len(written.layers) == 0 and [l.type for l in written.layer][:2] == ["Convolution", "ReLU"]
-    assert written == upgrade_net(io.read_binary(NETS / "slim_caffenet_v1.caffemodel", caffe_pb2.NetParameter))
+    assert written == upgrade_net(fileio.read_binary(NETS / "slim_caffenet_v1.caffemodel", caffe_pb2.NetParameter))
 
 
 def test_upgrade_solver_proto_text(tmp_path):
     (tmp_path / "old.prototxt").write_text('net: "n"\nsolver_type: NESTEROV\nmomentum: 0.9\n')
     assert main(["upgrade_solver_proto_text", str(tmp_path / "old.prototxt"), str(tmp_path / "new.prototxt")]) == 0
-    new = io.read_text(tmp_path / "new.prototxt", caffe_pb2.SolverParameter)
+    new = fileio.read_text(tmp_path / "new.prototxt", caffe_pb2.SolverParameter)
     assert (new.net, new.type, new.HasField("solver_type")) == ("n", "Nesterov", False)
 
 
 def test_a_current_file_is_written_unchanged(tmp_path, capsys):
     src = NETS / "slim_caffenet_deploy.prototxt"
     assert main(["upgrade_net_proto_text", str(src), str(tmp_path / "same.prototxt")]) == 0
-    assert io.read_text(tmp_path / "same.prototxt", caffe_pb2.NetParameter) == \
-        io.read_text(src, caffe_pb2.NetParameter)
+    assert fileio.read_text(tmp_path / "same.prototxt", caffe_pb2.NetParameter) == \
+        fileio.read_text(src, caffe_pb2.NetParameter)
     assert f"{src} is already in the latest format" in capsys.readouterr().err
 
 
@@ -387,7 +387,7 @@ def test_commands_in_a_subprocess(tmp_path):
     done = run("upgrade_net_proto_binary", NETS / "slim_caffenet_v1.caffemodel", tmp_path / "w.caffemodel")
     assert done.returncode == 0, done.stderr
     assert f"Wrote upgraded NetParameter binary proto to {tmp_path}/w.caffemodel" in done.stderr
-    assert len(io.read_binary(tmp_path / "w.caffemodel", caffe_pb2.NetParameter).layer) == 23
+    assert len(fileio.read_binary(tmp_path / "w.caffemodel", caffe_pb2.NetParameter).layer) == 23
     bad = run("upgrade_net_proto_text", tmp_path / "nope.prototxt", tmp_path / "out.prototxt")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr == f"protocaffe upgrade_net_proto_text: error: {tmp_path}/nope.prototxt: no such file\n"

@@ -19,7 +19,7 @@ import lmdb
 import numpy as np
 import torch
 
-from protocaffe.io import array_to_datum, parse_text, write_mean
+from protocaffe.fileio import array_to_datum, parse_text, write_mean
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 

@@ -11,7 +11,7 @@ from protocaffe import log as logs
 from protocaffe.data.db import decode_datum, open_lmdb
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
-from protocaffe.io import write_mean
+from protocaffe.fileio import write_mean
 from protocaffe.log import LOGGER as log
 from protocaffe.log import g
 

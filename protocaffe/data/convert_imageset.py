@@ -21,7 +21,7 @@ from protocaffe import log as logs
 from protocaffe.data.images import read_image, read_list
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
-from protocaffe.io import array_to_datum
+from protocaffe.fileio import array_to_datum
 from protocaffe.log import LOGGER as log
 from protocaffe.proto import caffe_pb2
 

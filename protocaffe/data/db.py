@@ -11,7 +11,7 @@ import lmdb
 import numpy as np
 
 from protocaffe.errors import CaffeError
-from protocaffe.io import datum_to_array
+from protocaffe.fileio import datum_to_array
 from protocaffe.proto import caffe_pb2
 
 _ENVS = weakref.WeakValueDictionary()

@@ -29,7 +29,7 @@ from protocaffe.data.pca import read_pca
 from protocaffe.data.pipeline import Pipeline
 from protocaffe.data.prefetch import Synchronous, WorkerPool, default_workers
 from protocaffe.errors import CaffeError
-from protocaffe.layers.base import Layer, register
+from protocaffe.layer_types.base import Layer, register
 from protocaffe.proto import caffe_pb2
 
 log = logging.getLogger("protocaffe")

@@ -11,7 +11,7 @@ AlexNet's lighting noise to each image (see transform.Pca).
 import numpy as np
 from tqdm import tqdm
 
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe import log as logs
 from protocaffe.data.db import decode_datum, open_lmdb
 from protocaffe.errors import CaffeError
@@ -56,12 +56,12 @@ def principal_components(covariance):
 
 
 def write_pca(values, vectors, path):
-    io.write_binary(io.array_to_blob(np.vstack([vectors, values[None]]).astype(np.float32)), path)
+    fileio.write_binary(fileio.array_to_blob(np.vstack([vectors, values[None]]).astype(np.float32)), path)
 
 
 def read_pca(path):
     """(eigenvalues (C,), eigenvectors (C, C) one per row) as float64 from a compute_pca file."""
-    table = io.blob_to_array(io.read_binary(path, caffe_pb2.BlobProto)).astype(np.float64)
+    table = fileio.blob_to_array(fileio.read_binary(path, caffe_pb2.BlobProto)).astype(np.float64)
     if table.ndim != 2 or table.shape[0] != table.shape[1] + 1:
         raise CaffeError(f"{path}: a PCA file holds a (C + 1, C) blob (eigenvectors, then eigenvalues), "
                          f"found shape {table.shape}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.errors import CaffeError
 
 
@@ -31,7 +31,7 @@ def load_mean(layer, tp, shape):
         raise layer.error("cannot specify mean_file and mean_value at the same time")
     if tp.mean_file:
         try:
-            mean = io.read_mean(tp.mean_file)
+            mean = fileio.read_mean(tp.mean_file)
         except CaffeError as e:
             raise layer.error(f"mean file: {e}") from None
         if mean.shape != tuple(shape):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
-from protocaffe.io import array_to_datum, write_mean
+from protocaffe.fileio import array_to_datum, write_mean
 
 CLASSES = ["circle", "square", "triangle", "cross", "stripes", "checker"]
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
 from protocaffe.net import CaffeNet, filter_net, read_net_param
@@ -31,7 +31,7 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 def read_solver_param(path):
     """Read a solver prototxt and upgrade it (solver_type -> type)."""
-    return upgrade_solver(io.read_text(path, caffe_pb2.SolverParameter), os.fspath(path))
+    return upgrade_solver(fileio.read_text(path, caffe_pb2.SolverParameter), os.fspath(path))
 
 
 def _state(phase, *merge):
@@ -321,15 +321,15 @@ class Solver:
             state.plateau_best, state.plateau_wait = self.plateau_best, self.plateau_wait
         for group in range(max(len(h) for h in self.history) if self.history else 0):
             for hist in self.history:
-                io.array_to_blob(hist[group].detach().cpu().numpy(), blob=state.history.add())
+                fileio.array_to_blob(hist[group].detach().cpu().numpy(), blob=state.history.add())
         path = self._prefix() + ".solverstate"
         log.info("Snapshotting solver state to binary proto file %s", path)
-        io.write_binary(state, path)
+        fileio.write_binary(state, path)
         return model, path
 
     def restore(self, path):
         """Resume from a .solverstate (protocaffe's or Caffe's): iteration, weights, history."""
-        state = io.read_binary(path, caffe_pb2.SolverState)
+        state = fileio.read_binary(path, caffe_pb2.SolverState)
         n, groups = len(self.history), len(self.history[0]) if self.history else 0
         if len(state.history) != n * groups:
             raise CaffeError(f"{path}: holds {len(state.history)} history blobs; this {self.param.type} "
@@ -345,7 +345,7 @@ class Solver:
             self.plateau_best, self.plateau_wait = state.plateau_best, state.plateau_wait
         for k, blob in enumerate(state.history):
             target = self.history[k % n][k // n]
-            data = io.blob_to_array(blob)
+            data = fileio.blob_to_array(blob)
             if data.size != target.numel():
                 raise CaffeError(f"{path}: history blob {k} has {data.size} values, the parameter has "
                                  f"{target.numel()}")

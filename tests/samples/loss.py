@@ -1,4 +1,4 @@
-"""Samples of Softmax, the loss layers and Accuracy (protocaffe/layers/loss.py) for tests/test_registry.py.
+"""Samples of Softmax, the loss layers and Accuracy (protocaffe/layer_types/loss.py) for tests/test_registry.py.
 
 Bottom 0 holds scores; later bottoms hold labels (integers stored as floats), which get no gradient.
 """

@@ -1,4 +1,4 @@
-"""Samples of the neuron layers (protocaffe/layers/neuron.py) for tests/test_registry.py."""
+"""Samples of the neuron layers (protocaffe/layer_types/neuron.py) for tests/test_registry.py."""
 import torch
 
 from protocaffe.proto import caffe_pb2

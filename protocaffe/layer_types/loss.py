@@ -11,9 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from protocaffe import io
+from protocaffe import fileio
 from protocaffe.errors import CaffeError
-from protocaffe.layers.base import Layer, canonical_axis, count, register
+from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
 
 FLT_MIN = 1.175494351e-38
@@ -169,7 +169,7 @@ class InfogainLoss(_SoftmaxLoss):
             raise self.error("needs infogain_loss_param.source or a third bottom holding the matrix H")
         else:
             try:
-                h = io.blob_to_array(io.read_binary(p.source, caffe_pb2.BlobProto))
+                h = fileio.blob_to_array(fileio.read_binary(p.source, caffe_pb2.BlobProto))
             except CaffeError as e:
                 raise self.error(f"cannot read infogain_loss_param.source: {e}") from None
             found = h.size

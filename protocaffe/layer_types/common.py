@@ -2,7 +2,7 @@
 Reduction, ArgMax."""
 import torch
 
-from protocaffe.layers.base import Layer, canonical_axis, count, register
+from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
 
 EltwiseOp = caffe_pb2.EltwiseParameter

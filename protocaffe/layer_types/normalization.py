@@ -1,7 +1,7 @@
 """Normalization and affine layers: BatchNorm, MVN, Scale, Bias."""
 import torch
 
-from protocaffe.layers.base import Layer, canonical_axis, register
+from protocaffe.layer_types.base import Layer, canonical_axis, register
 from protocaffe.proto import caffe_pb2
 
 

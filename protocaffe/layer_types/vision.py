@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from protocaffe.layers.base import Layer, canonical_axis, count, register
+from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
 from protocaffe.shapes import conv_out, deconv_out, pool_out
 

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from protocaffe.layers.base import Layer, register
+from protocaffe.layer_types.base import Layer, register
 from protocaffe.proto import caffe_pb2
 
 

@@ -2,7 +2,7 @@
 import torch
 
 from protocaffe.fillers import fill
-from protocaffe.layers.base import Layer, register
+from protocaffe.layer_types.base import Layer, register
 from protocaffe.proto import caffe_pb2
 
 
