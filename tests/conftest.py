@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
@@ -11,6 +12,14 @@ GOLDEN = DATA / "golden"
 
 HAS_CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+# property-based tests: a small fixed budget by default, a large random one with
+# --hypothesis-profile=deep; every input must finish within 2 s
+settings.register_profile("ci", max_examples=40, deadline=2000, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("deep", max_examples=5000, deadline=2000,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 
 @pytest.fixture
