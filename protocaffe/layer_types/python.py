@@ -64,13 +64,17 @@ class PythonLayerError(RuntimeError):
 class _CaffeAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Makes ``import caffe`` (and ``caffe.proto``, ``caffe.io``, ...) give protocaffe's modules.
 
-    Installed only when ``importlib.util.find_spec("caffe")`` finds nothing; submodules are
-    aliased only while ``caffe`` is protocaffe, so a real pycaffe is never shadowed.
+    Installed only when ``importlib.util.find_spec("caffe")`` finds nothing, and even then
+    ``caffe`` goes to any other finder that can find it (a pycaffe installed later);
+    submodules are aliased only while ``caffe`` is protocaffe.
     """
 
     def find_spec(self, fullname, path=None, target=None):
-        top = sys.modules.get("caffe")
-        if fullname == "caffe" or (fullname.startswith("caffe.") and top is sys.modules["protocaffe"]):
+        if fullname == "caffe":
+            real = any(f.find_spec(fullname, None) for f in sys.meta_path
+                       if f is not self and hasattr(f, "find_spec"))
+            return None if real else importlib.util.spec_from_loader(fullname, self)
+        if fullname.startswith("caffe.") and sys.modules.get("caffe") is sys.modules["protocaffe"]:
             return importlib.util.spec_from_loader(fullname, self)
         return None
 
