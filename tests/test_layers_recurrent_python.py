@@ -13,7 +13,7 @@ import torch
 from google.protobuf import text_format
 
 import protocaffe
-from conftest import GOLDEN, assert_close
+from conftest import GOLDEN, HAS_CUDA, assert_close
 from protocaffe import net as netlib
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.python import PythonLayerError
@@ -34,31 +34,31 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def check_golden(folder):
+def check_golden(folder, device="cpu"):
     """Forward, input gradients and parameter gradients of layer ``test`` against Caffe's io.npz."""
     io_ = np.load(folder / "io.npz")
     net = netlib.build_net(str(folder / "net.prototxt"), caffe_pb2.TEST,
-                           weights=str(folder / "weights.caffemodel"), seed=1)
+                           weights=str(folder / "weights.caffemodel"), seed=1, device=device)
     layer = net.layer_by_name()["test"]
     params = sorted(k for k in io_.files if k.startswith("param_"))
     assert len(layer.blobs) == len(params)
     for i, blob in enumerate(layer.blobs):
-        assert_close(blob.detach(), io_[f"param_{i}"], what=f"param {i}")
-    inputs = {k[3:]: torch.from_numpy(io_[k]).requires_grad_(f"gin_{k[3:]}" in io_.files)
+        assert_close(blob.detach().cpu(), io_[f"param_{i}"], what=f"param {i}")
+    inputs = {k[3:]: torch.from_numpy(io_[k]).to(device).requires_grad_(f"gin_{k[3:]}" in io_.files)
               for k in io_.files if k.startswith("in_")}
     blobs = net(**inputs)
     for key in (k for k in io_.files if k.startswith("out_")):
-        assert_close(blobs[key[4:]].detach(), io_[key], what=key)
-    tdiffs = {k[6:]: torch.from_numpy(io_[k]) for k in io_.files if k.startswith("tdiff_")}
+        assert_close(blobs[key[4:]].detach().cpu(), io_[key], what=key)
+    tdiffs = {k[6:]: torch.from_numpy(io_[k]).to(device) for k in io_.files if k.startswith("tdiff_")}
     if tdiffs:
         torch.autograd.backward([blobs[n] for n in tdiffs], list(tdiffs.values()))
     else:
         net.loss(blobs).backward()
     for key in (k for k in io_.files if k.startswith("gin_")):
         grad = inputs[key[4:]].grad
-        assert_close(torch.zeros(io_[key].shape) if grad is None else grad, io_[key], what=key)
+        assert_close(torch.zeros(io_[key].shape) if grad is None else grad.cpu(), io_[key], what=key)
     for i, blob in enumerate(layer.blobs):
-        assert_close(blob.grad, io_[f"gparam_{i}"], what=f"gparam {i}")
+        assert_close(blob.grad.cpu(), io_[f"gparam_{i}"], what=f"gparam {i}")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -66,6 +66,15 @@ def test_golden(case, monkeypatch):
     folder = GOLDEN / "layers2" / case
     monkeypatch.syspath_prepend(str(folder))  # the Python cases' modules sit beside the net
     check_golden(folder)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("case", CASES)
+def test_golden_cuda(case, monkeypatch):
+    folder = GOLDEN / "layers2" / case
+    monkeypatch.syspath_prepend(str(folder))
+    check_golden(folder, "cuda")
 
 
 # ---- recurrent layers ----------------------------------------------------------------------
@@ -187,12 +196,22 @@ def test_pycaffe_module_runs_unchanged_with_caffe_as_protocaffe(tmp_path, monkey
                          ("reshape", 5, 3), ("forward", 5, 3)]
 
 
+@pytest.fixture
+def fresh_caffe_modules():
+    """No ``caffe`` module imported during the test, and whatever it imported gone afterwards."""
+    def caffe_modules():
+        return {m: sys.modules.pop(m) for m in list(sys.modules) if m == "caffe" or m.startswith("caffe.")}
+    saved = caffe_modules()
+    yield
+    caffe_modules()
+    sys.modules.update(saved)
+
+
+@pytest.mark.usefixtures("fresh_caffe_modules")
 def test_a_real_pycaffe_is_never_shadowed(tmp_path, monkeypatch):
     real = tmp_path / "caffe"
     real.mkdir()
     (real / "__init__.py").write_text("class Layer:\n    def __init__(self, param):\n        pass\n")
-    for name in [m for m in sys.modules if m == "caffe" or m.startswith("caffe.")]:
-        monkeypatch.delitem(sys.modules, name)
     write_module(tmp_path, monkeypatch, "recorder_b", RECORDER.replace("from caffe.proto import caffe_pb2", ""))
     net = python_net("recorder_b", "Recorder")
     assert sys.modules["recorder_b"].caffe.__file__ == str(real / "__init__.py")

@@ -27,7 +27,9 @@ def lstm_unit(c_prev, gates, cont):
     """One LSTM step: (c_prev (N, H), gates (N, 4H) in Caffe's order i, f, o, g, cont (N,)) -> (c, h).
 
     c = cont * sigmoid(f) * c_prev + sigmoid(i) * tanh(g); h = sigmoid(o) * tanh(c).
-    The forget gate is exactly 0 where cont is 0, as in Caffe's LSTMUnit.
+    The forget gate is exactly 0 where cont is 0, as in Caffe's LSTMUnit. For cont other
+    than 0 or 1 the gradient here is the true one, cont * s * (1 - s) with s = sigmoid(f),
+    where Caffe's backward uses f' * (1 - f') with f' = cont * s.
     """
     i, f, o, g = gates.chunk(4, dim=-1)
     cont = cont.detach().unsqueeze(-1)
