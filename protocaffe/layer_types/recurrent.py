@@ -4,7 +4,7 @@ Caffe builds LSTM and RNN as an unrolled net of InnerProduct, Scale, Eltwise and
 LSTMUnit layers; here the same arithmetic runs as one loop over time, vectorized
 over the batch. Shapes are time-major as in Caffe:
 
-- ``x`` (T, N, ...): everything after axis 1 is flattened (InnerProduct axis 2);
+- ``x`` (T, N, ...), at least 3 axes: everything after axis 1 is flattened (InnerProduct axis 2);
 - ``cont`` (T, N): 0 where a sequence starts, so the previous state is multiplied by
   ``cont[t]`` before it is used. No gradient reaches ``cont``;
 - ``x_static`` (N, ...), optional: fed to every step (InnerProduct axis 1);
@@ -81,8 +81,8 @@ class _Recurrent(Layer):
 
     def _check_shapes(self, shapes):
         x, cont = shapes[0], shapes[1]
-        if len(x) < 2:
-            raise self.error(f"bottom 0 must be (T, N, ...), found shape {x}")
+        if len(x) < 3:
+            raise self.error(f"bottom 0 must be (T, N, ...) with at least 3 axes, found shape {x}")
         if tuple(cont) != tuple(x[:2]):
             raise self.error(f"bottom 1 (cont) must have shape {tuple(x[:2])}, found {cont}")
         if self.static and (len(shapes[2]) < 1 or shapes[2][0] != x[1]):
