@@ -80,8 +80,10 @@ def test_golden_cuda(case, monkeypatch):
 # ---- recurrent layers ----------------------------------------------------------------------
 
 def recurrent(type_, n_bottoms=2, expose=False, seed=0):
+    """An LSTM or RNN layer for x (6, 2, 4) and cont (6, 2), num_output 3; every such layer
+    built with the same seed has the same weights."""
     bottoms = " ".join(f'bottom: "b{i}"' for i in range(n_bottoms))
-    tops = 'top: "out"' + (' top: "h" top: "c"' if expose and type_ == "LSTM" else ' top: "h"' if expose else "")
+    tops = " ".join(f'top: "t{i}"' for i in range(1 + (n_bottoms - 2 if expose else 0)))
     text = (f'name: "r" type: "{type_}" {bottoms} {tops} recurrent_param {{ num_output: 3 '
             f'expose_hidden: {str(expose).lower()} weight_filler {{ type: "gaussian" std: 0.5 }} '
             f'bias_filler {{ type: "gaussian" std: 0.5 }} }}')
