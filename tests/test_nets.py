@@ -134,8 +134,8 @@ def test_wrong_weight_shape_names_layer_and_shapes(tmp_path):
 def test_unknown_layer_type_lists_known_types(tmp_path):
     (tmp_path / "net.prototxt").write_text(
         'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
-        'layer { name: "py" type: "Python" bottom: "x" top: "y" }\n')
-    with pytest.raises(protocaffe.CaffeError, match=r"layer 'py' has type 'Python'.*supported types: .*Input"):
+        'layer { name: "py" type: "NoSuchType" bottom: "x" top: "y" }\n')
+    with pytest.raises(protocaffe.CaffeError, match=r"layer 'py' has type 'NoSuchType'.*supported types: .*Input"):
         netlib.build_net(str(tmp_path / "net.prototxt"))
 
 

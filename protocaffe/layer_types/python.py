@@ -1,0 +1,195 @@
+"""Caffe's ``type: "Python"`` layer: a class written for pycaffe, run unchanged.
+
+``python_param { module: "pyloss" layer: "EuclideanLossLayer" param_str: "..." }``
+imports ``module`` from ``sys.path`` (which holds ``PYTHONPATH``) and builds
+``layer(layer_parameter)``, a subclass of pycaffe's ``caffe.Layer`` (here
+:class:`Layer`, exported as ``protocaffe.Layer``). Then, as Caffe does: ``param_str``
+and ``phase`` are set, ``setup(bottom, top)`` runs once, and ``reshape(bottom, top)``
+before every ``forward(bottom, top)``; ``backward(top, propagate_down, bottom)``
+writes the bottoms' diffs. Blobs are :class:`protocaffe.pycaffe.Blob` on the CPU
+(``.data``/``.diff`` numpy arrays writable in place, ``.reshape(*shape)``, ``.num``,
+``.channels``, ``.height``, ``.width``, ``.count``, ``.shape``).
+
+Top shapes are found as Caffe finds them, by running setup and reshape at build time,
+here on zero-filled bottoms. Gradients flow through autograd around the user's
+backward. A Python layer has no default loss weight: a loss top needs ``loss_weight``.
+``share_in_parallel`` (deprecated in Caffe) is read and ignored; parameter blobs
+(pycaffe's ``self.blobs``) are not supported.
+
+A module that does ``import caffe`` gets protocaffe when no real pycaffe is
+importable; a real pycaffe is never shadowed.
+"""
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+import torch
+
+from protocaffe.layer_types import base
+
+
+class Layer:
+    """pycaffe's ``caffe.Layer``: subclass it and override the four methods.
+
+    ``self.param_str`` (python_param.param_str) and ``self.phase`` (TRAIN 0, TEST 1)
+    are set before ``setup``. Each method gets lists of blobs.
+    """
+
+    def __init__(self, param=None):
+        self.layer_param = param
+
+    @property
+    def type(self):
+        return "Python"
+
+    def setup(self, bottom, top):
+        """Called once, when the net is built."""
+
+    def reshape(self, bottom, top):
+        """Called before every forward: reshape the tops to fit the bottoms."""
+
+    def forward(self, bottom, top):
+        """Write ``top[i].data`` from ``bottom[i].data``."""
+
+    def backward(self, top, propagate_down, bottom):
+        """Write ``bottom[i].diff`` where ``propagate_down[i]``, from ``top[i].diff``."""
+
+
+class PythonLayerError(RuntimeError):
+    """An exception raised by a user's Python layer code, re-raised naming the layer and
+    module; the user's own exception is its ``__cause__``, traceback intact."""
+
+
+class _CaffeAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes ``import caffe`` (and ``caffe.proto``, ``caffe.io``, ...) give protocaffe's modules.
+
+    Installed only when ``importlib.util.find_spec("caffe")`` finds nothing, and even then
+    ``caffe`` goes to any other finder that can find it (a pycaffe installed later);
+    submodules are aliased only while ``caffe`` is protocaffe.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "caffe":
+            real = any(f.find_spec(fullname, None) for f in sys.meta_path
+                       if f is not self and hasattr(f, "find_spec"))
+            return None if real else importlib.util.spec_from_loader(fullname, self)
+        if fullname.startswith("caffe.") and sys.modules.get("caffe") is sys.modules["protocaffe"]:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module("protocaffe" + spec.name[len("caffe"):])
+
+    def exec_module(self, module):
+        """The protocaffe module is already executed."""
+
+
+def _alias_caffe():
+    if any(isinstance(f, _CaffeAlias) for f in sys.meta_path):
+        return
+    if "caffe" not in sys.modules and importlib.util.find_spec("caffe") is None:
+        sys.meta_path.insert(0, _CaffeAlias())
+
+
+def _blob(tensor):
+    from protocaffe.pycaffe import Blob  # the pycaffe surface sits above the layers
+    return Blob(tensor.detach().cpu().contiguous())
+
+
+def _retyped(blob, dtype):
+    """``blob`` with data of ``dtype`` (the bottoms'), so float64 nets compute in float64."""
+    data = torch.from_numpy(blob.data)
+    return blob if data.dtype == dtype else _blob(data.to(dtype))
+
+
+@base.register
+class Python(base.Layer):
+    """A user's pycaffe layer class; any number of bottoms and tops, shapes set by its reshape."""
+    type = "Python"
+    num_bottoms = (0, None)
+    num_tops = (0, None)
+
+    def setup(self, bottom_shapes):
+        p = self.param.python_param
+        self.where = f"layer '{self.name}' (type Python, module '{p.module}', class '{p.layer}')"
+        cls = getattr(self._import(p.module), p.layer, None)
+        if cls is None:
+            raise self.error(f"module '{p.module}' has no class '{p.layer}' (python_param.layer)")
+        self.impl = self.call("__init__", cls, self.param)
+        self.impl.param_str = p.param_str
+        self.impl.phase = int(self.phase)
+        self.tops = [_blob(torch.zeros(0)) for _ in self.param.top]
+        self.call("setup", self.impl.setup, self._zeros(bottom_shapes), self.tops)
+
+    def _import(self, module):
+        if not module:
+            raise self.error("python_param.module is not set")
+        _alias_caffe()
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and (module + ".").startswith(e.name + "."):
+                raise self.error(f"cannot import python_param.module '{module}': not found on "
+                                 f"sys.path or PYTHONPATH") from e
+            raise self.user_error("import", e) from e
+        except Exception as e:
+            raise self.user_error("import", e) from e
+
+    def call(self, what, fn, *args):
+        """Run user code; an exception names the layer and module and chains the user's own."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise self.user_error(what, e) from e
+
+    def user_error(self, what, e):
+        return PythonLayerError(f"{self.where}: {what} raised {type(e).__name__}: {e}")
+
+    def _zeros(self, shapes, dtype=torch.float32):
+        return [_blob(torch.zeros(tuple(s), dtype=dtype)) for s in shapes]
+
+    def top_shapes(self, bottom_shapes):
+        self.call("reshape", self.impl.reshape, self._zeros(bottom_shapes), self.tops)
+        return [blob.shape for blob in self.tops]
+
+    def forward(self, *bottoms):
+        if not self.tops:
+            self.run_forward(bottoms)
+            return ()
+        out = _PythonFunction.apply(self, *bottoms)
+        return out[0] if len(out) == 1 else out
+
+    def run_forward(self, bottoms):
+        """reshape + forward on blobs of ``bottoms``; the tops' data as tensors."""
+        bottom = [_blob(b) for b in bottoms]
+        dtype = bottoms[0].dtype if bottoms else torch.float32
+        self.tops = [_retyped(blob, dtype) for blob in self.tops]
+        self.call("reshape", self.impl.reshape, bottom, self.tops)
+        self.call("forward", self.impl.forward, bottom, self.tops)
+        return bottom, [torch.from_numpy(blob.data).clone() for blob in self.tops]
+
+    def run_backward(self, bottom, tops, grads, propagate_down):
+        """backward with the tops' data and diffs; the bottoms' diffs as tensors (None where not asked)."""
+        from protocaffe.pycaffe import Blob
+        top = [Blob(t, g.detach().cpu().contiguous()) for t, g in zip(tops, grads)]
+        self.call("backward", self.impl.backward, top, list(propagate_down), bottom)
+        return [torch.from_numpy(b.diff).clone() if down else None
+                for b, down in zip(bottom, propagate_down)]
+
+
+class _PythonFunction(torch.autograd.Function):
+    """Autograd around a user's Python layer: forward and backward run on numpy blobs."""
+
+    @staticmethod
+    def forward(ctx, layer, *bottoms):
+        bottom, tops = layer.run_forward(bottoms)
+        device = bottoms[0].device if bottoms else layer.ctx.device
+        ctx.layer, ctx.bottom, ctx.tops, ctx.devices = layer, bottom, tops, [b.device for b in bottoms]
+        return tuple(t.to(device) for t in tops)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        down = ctx.needs_input_grad[1:]
+        diffs = ctx.layer.run_backward(ctx.bottom, ctx.tops, grads, down)
+        return (None, *(d if d is None else d.to(dev) for d, dev in zip(diffs, ctx.devices)))
