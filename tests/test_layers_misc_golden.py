@@ -1,7 +1,8 @@
-"""SPP, Filter, BatchReindex, HDF5Data and HDF5Output against BVLC Caffe's golden fixtures
+"""SPP, Filter, BatchReindex, HDF5Data, HDF5Output and WindowData against BVLC Caffe's golden fixtures
 (tests/data/golden/layers2) and hand-worked cases."""
 import shutil
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from google.protobuf import text_format
 
 from conftest import GOLDEN, assert_close
+from protocaffe import fileio
 from protocaffe import net as netlib
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.spp import spp_level
@@ -25,7 +27,7 @@ def golden_net(case):
 
 def net_from_text(text):
     param = text_format.Parse(text, caffe_pb2.NetParameter())
-    return netlib.CaffeNet(netlib.filter_net(param, netlib.net_state(param)))
+    return netlib.CaffeNet(netlib.filter_net(param, netlib.net_state(param)), seed=1)
 
 
 # ---- SPP ---------------------------------------------------------------------
@@ -222,3 +224,91 @@ def test_hdf5_data_mismatched_rows_and_shapes_are_errors(h5_case):
     with pytest.raises(CaffeError, match="wide.h5: dataset 'data' has rows of shape \\(2, 4, 3\\), those of "
                                          "part1.h5 have \\(2, 3, 3\\)"):
         net()
+
+
+# ---- WindowData (no Caffe fixture: hand-worked cases on generated images) ------------
+
+def write_windows(folder, images):
+    """A window file over constant-colour 20x20 images: images = [(bgr, [(class, overlap, x1, y1, x2, y2)])]."""
+    lines = []
+    for i, (bgr, windows) in enumerate(images):
+        cv2.imwrite(str(folder / f"img{i}.png"), np.broadcast_to(np.array(bgr, np.uint8), (20, 20, 3)).copy())
+        lines += [f"# {i}", f"img{i}.png", "3 20 20", str(len(windows))] + [" ".join(map(str, w)) for w in windows]
+    (folder / "windows.txt").write_text("\n".join(lines) + "\n")
+
+
+def window_net(folder, body, transform="", batch=8):
+    return net_from_text(f'layer {{ name: "w" type: "WindowData" top: "data" top: "label" '
+                         f'transform_param {{ crop_size: 10 {transform} }} window_data_param {{ source: '
+                         f'"{folder / "windows.txt"}" root_folder: "{folder}/" batch_size: {batch} {body} }} }}')
+
+
+COLOURS = [(10, 20, 30), (200, 100, 50)]
+
+
+def test_window_data_samples_background_then_foreground(tmp_path):
+    write_windows(tmp_path, [(COLOURS[0], [(3, 0.8, 0, 0, 5, 5), (1, 0.1, 10, 10, 19, 19)]),
+                             (COLOURS[1], [(5, 0.6, 2, 2, 17, 17), (2, 0.3, 0, 0, 9, 9)])])  # 0.3: unused
+    net = window_net(tmp_path, "bg_threshold: 0.2 fg_fraction: 0.5 scale: 0.5", "mean_value: 1 mean_value: 2 "
+                     "mean_value: 3")
+    assert net.blob_shapes == {"data": (8, 3, 10, 10), "label": (8,)}
+    blobs = net()
+    labels = blobs["label"].tolist()
+    assert labels[:4] == [0] * 4 and set(labels[4:]) <= {3, 5}
+    for item, label in zip(blobs["data"].numpy(), labels):
+        colour = COLOURS[1] if label == 5 else COLOURS[0]  # the 0.3 window of image 1 is never drawn
+        want = (np.array(colour, np.float32) - [1, 2, 3]) * 0.5
+        np.testing.assert_array_equal(item, np.broadcast_to(want[:, None, None], (3, 10, 10)))
+
+
+def test_window_data_context_pad_clips_at_the_border_and_mirrors_the_padding(tmp_path):
+    # box 0..5 (centre 3, half 3), crop 10, context_pad 2: enlarged by 10/6 to -2..8, clipped to 0..8;
+    # 9 of 11 pixels warp to round(9 * 10/11) = 8, the 2 outside to round(2 * 10/11) = 2 of padding
+    write_windows(tmp_path, [(COLOURS[0], [(3, 0.8, 0, 0, 5, 5), (1, 0.1, 10, 10, 19, 19)])])
+    net = window_net(tmp_path, "fg_fraction: 1 context_pad: 2", "mirror: true")
+    plain, mirrored = np.zeros((3, 10, 10), np.float32), np.zeros((3, 10, 10), np.float32)
+    plain[:, 2:, 2:] = np.array(COLOURS[0])[:, None, None]
+    mirrored[:, 2:, :8] = np.array(COLOURS[0])[:, None, None]
+    seen = []
+    for item in net()["data"].numpy():
+        seen.append(np.array_equal(item, mirrored))
+        assert seen[-1] or np.array_equal(item, plain)
+    assert any(seen) and not all(seen)
+
+
+def test_window_data_square_mode_and_mean_file(tmp_path):
+    write_windows(tmp_path, [(COLOURS[0], [(3, 0.8, 6, 2, 9, 9), (1, 0.1, 10, 10, 19, 19)])])
+    ramp = np.tile((np.arange(20, dtype=np.uint8) * 10)[None, :, None], (20, 1, 3))
+    cv2.imwrite(str(tmp_path / "img0.png"), ramp)
+    mean = np.arange(3 * 14 * 14, dtype=np.float32).reshape(3, 14, 14) / 100
+    fileio.write_mean(mean, tmp_path / "mean.binaryproto")
+    net = window_net(tmp_path, 'fg_fraction: 1 crop_mode: "square"', f'mean_file: "{tmp_path / "mean.binaryproto"}"',
+                     batch=1)
+    # 4 x 8 box, centre (8, 6): squared to half 4 -> columns 4..12, rows 2..10, warped 9x9 -> 10x10;
+    # the 14x14 mean is read at offset (14 - 10) // 2 = 2
+    warped = cv2.resize(ramp[2:11, 4:13], (10, 10), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    np.testing.assert_array_equal(net()["data"].numpy()[0], warped.astype(np.float32) - mean[:, 2:12, 2:12])
+
+
+def test_window_data_errors(tmp_path):
+    with pytest.raises(CaffeError, match="'w'.*cannot read the window file"):
+        window_net(tmp_path, "")
+    write_windows(tmp_path, [(COLOURS[0], [(0, 0.8, 0, 0, 5, 5), (1, 0.1, 10, 10, 19, 19)])])
+    with pytest.raises(CaffeError, match="windows.txt: image 0 has a foreground window of class 0"):
+        window_net(tmp_path, "")
+    write_windows(tmp_path, [(COLOURS[0], [(2, 0.8, 0, 0, 5, 5)])])
+    with pytest.raises(CaffeError, match="has 1 foreground and 0 background windows"):
+        window_net(tmp_path, "")
+    with pytest.raises(CaffeError, match="set transform_param.crop_size"):
+        net_from_text(f'layer {{ name: "w" type: "WindowData" top: "d" top: "l" window_data_param {{ '
+                      f'source: "{tmp_path / "windows.txt"}" batch_size: 2 crop_size: 10 }} }}')
+    write_windows(tmp_path, [(COLOURS[0], [(2, 0.8, 0, 0, 5, 25), (1, 0.1, 10, 10, 19, 19)])])
+    net = window_net(tmp_path, "fg_fraction: 1")
+    with pytest.raises(CaffeError, match="window \\(0, 0, 5, 25\\) of image .*img0.png.*outside the image"):
+        net()
+    (tmp_path / "img0.png").unlink()
+    with pytest.raises(CaffeError, match="cannot read image .*img0.png"):
+        net()
+    (tmp_path / "windows.txt").write_text("# 0\nimg0.png\n3 20 x\n")
+    with pytest.raises(CaffeError, match="windows.txt:3: expected the image width, found 'x'"):
+        window_net(tmp_path, "")

@@ -7,4 +7,4 @@ from protocaffe.layer_types.base import LAYERS, BuildContext, Layer, layer_class
 from protocaffe.layer_types import input, vision, neuron, common, normalization, loss  # noqa: F401,E402
 from protocaffe.layer_types import spp, indexing  # noqa: F401,E402
 from protocaffe.data import layers as _data_layers  # noqa: F401,E402
-from protocaffe.data import hdf5 as _hdf5_layers  # noqa: F401,E402
+from protocaffe.data import hdf5 as _hdf5_layers, window as _window_layers  # noqa: F401,E402

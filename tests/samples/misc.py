@@ -1,11 +1,14 @@
-"""Samples for SPP (layer_types/spp.py), Filter and BatchReindex (layer_types/indexing.py) and the
-HDF5 layers (data/hdf5.py). The HDF5 samples read the golden hdf5_data files through a list of
-absolute paths written to a temporary folder (Caffe opens listed paths from the working directory)."""
+"""Samples for SPP (layer_types/spp.py), Filter and BatchReindex (layer_types/indexing.py), the
+HDF5 layers (data/hdf5.py) and WindowData (data/window.py). The HDF5 samples read the golden
+hdf5_data files through a list of absolute paths written to a temporary folder (Caffe opens listed
+paths from the working directory); WindowData reads an image and window file written there."""
 import atexit
 import shutil
 import tempfile
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from samples.layers import L, distinct
@@ -14,6 +17,9 @@ H5 = Path(__file__).resolve().parents[1] / "data" / "golden" / "layers2" / "hdf5
 TMP = Path(tempfile.mkdtemp(prefix="protocaffe_samples_"))
 atexit.register(shutil.rmtree, TMP, True)
 (TMP / "source.txt").write_text(f"{H5 / 'part0.h5'}\n{H5 / 'part1.h5'}\n")
+cv2.imwrite(str(TMP / "img.png"), np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3))
+(TMP / "windows.txt").write_text(f"# 0\n{TMP / 'img.png'}\n3 24 32\n3\n1 0.9 2 3 20 15\n2 0.7 0 0 31 23\n"
+                                 "0 0.1 10 5 25 22\n")
 
 
 def reindex(i, shape, g):
@@ -30,6 +36,9 @@ SAMPLES = {
     "BatchReindex": (L("BatchReindex", bottoms=2), [(3, 2, 2), (5,)], {"make_bottom": reindex, "grad_inputs": [0]}),
     "HDF5Data": (f'name: "l" type: "HDF5Data" top: "data" top: "label" '
                  f'hdf5_data_param {{ source: "{TMP / "source.txt"}" batch_size: 4 shuffle: true }}', [], NOGRAD),
+    "WindowData": (f'name: "l" type: "WindowData" top: "t0" top: "t1" transform_param {{ crop_size: 8 mirror: true '
+                   f'mean_value: 100 }} window_data_param {{ source: "{TMP / "windows.txt"}" batch_size: 4 '
+                   f'context_pad: 1 crop_mode: "square" }}', [], NOGRAD),
     "HDF5Output": (L("HDF5Output", f'hdf5_output_param {{ file_name: "{TMP / "out.h5"}" }}', bottoms=2, tops=0),
                    [(2, 3), (2, 1)], NOGRAD),
 }
