@@ -69,6 +69,29 @@ def test_spp_input_too_small_for_the_pyramid_is_an_error():
         spp_net(3, (1, 1, 2, 2))
 
 
+# ---- Im2col --------------------------------------------------------------------
+
+def test_im2col_by_hand():
+    net = net_from_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 3 '
+                        'dim: 3 } } } layer { name: "c" type: "Im2col" bottom: "x" top: "y" '
+                        'convolution_param { kernel_size: 2 } }')
+    cols = net(x=torch.arange(9.).reshape(1, 1, 3, 3))["y"]
+    # channel (i, j) of the 2x2 kernel holds x[h + i, w + j]
+    assert cols.tolist() == [[[[0, 1], [3, 4]], [[1, 2], [4, 5]], [[3, 4], [6, 7]], [[4, 5], [7, 8]]]]
+
+
+def test_im2col_times_the_weights_is_convolution():
+    conv = 'convolution_param { kernel_h: 2 kernel_w: 3 stride: 2 pad: 1 dilation: 2 %s }'
+    net = net_from_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 7 '
+                        'dim: 8 } } } layer { name: "c" type: "Im2col" bottom: "x" top: "cols" '
+                        + conv % "" + ' } layer { name: "conv" type: "Convolution" bottom: "x" top: "y" '
+                        + conv % 'num_output: 4 bias_term: false weight_filler { type: "gaussian" }' + ' }')
+    blobs = net(x=torch.randn(2, 3, 7, 8, generator=torch.Generator().manual_seed(0)))
+    assert net.blob_shapes["cols"] == (2, 18) + net.blob_shapes["y"][2:]
+    weight = net.layer_by_name()["conv"].weight.reshape(4, -1)
+    assert_close(torch.einsum("oc,nchw->nohw", weight, blobs["cols"]).detach(), blobs["y"].detach())
+
+
 # ---- Filter and BatchReindex -------------------------------------------------
 
 def scale_grad(diff, x):

@@ -5,6 +5,6 @@ Importing this package imports every family module so the registry is full. (pyc
 """
 from protocaffe.layer_types.base import LAYERS, BuildContext, Layer, layer_class, register  # noqa: F401
 from protocaffe.layer_types import input, vision, neuron, common, normalization, loss  # noqa: F401,E402
-from protocaffe.layer_types import spp, indexing  # noqa: F401,E402
+from protocaffe.layer_types import spp, indexing, im2col  # noqa: F401,E402
 from protocaffe.data import layers as _data_layers  # noqa: F401,E402
 from protocaffe.data import hdf5 as _hdf5_layers, window as _window_layers  # noqa: F401,E402

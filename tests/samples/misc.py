@@ -1,4 +1,4 @@
-"""Samples for SPP (layer_types/spp.py), Filter and BatchReindex (layer_types/indexing.py), the
+"""Samples for SPP (layer_types/spp.py), Im2col (layer_types/im2col.py), Filter and BatchReindex (layer_types/indexing.py), the
 HDF5 layers (data/hdf5.py) and WindowData (data/window.py). The HDF5 samples read the golden
 hdf5_data files through a list of absolute paths written to a temporary folder (Caffe opens listed
 paths from the working directory); WindowData reads an image and window file written there."""
@@ -32,6 +32,8 @@ NOGRAD = {"gradcheck": False, "dtype": torch.float32}
 
 SAMPLES = {
     "SPP": (L("SPP", "spp_param { pyramid_height: 3 pool: MAX }"), [(2, 3, 8, 6)], {"make_bottom": distinct}),
+    "Im2col": (L("Im2col", "convolution_param { kernel_h: 2 kernel_w: 3 stride: 2 pad: 1 dilation: 2 }"),
+               [(2, 3, 6, 7)]),
     "Filter": (L("Filter", bottoms=3, tops=2), [(4, 3), (4, 2, 2), (4,)], {"grad_inputs": [0, 1]}),
     "BatchReindex": (L("BatchReindex", bottoms=2), [(3, 2, 2), (5,)], {"make_bottom": reindex, "grad_inputs": [0]}),
     "HDF5Data": (f'name: "l" type: "HDF5Data" top: "data" top: "label" '
