@@ -63,7 +63,8 @@ def read_window_file(path, root_folder, fg_threshold, bg_threshold):
             raise CaffeError(f"{path}: image indices must count 0, 1, 2, ...; found {index} for image {len(images)}")
         images.append(root_folder + words.next(str, "an image path"))
         channels = words.next(int, "the channel count")
-        words.next(int, "the image height"), words.next(int, "the image width")
+        for what in ("the image height", "the image width"):  # unused: Caffe clips to the image read
+            words.next(int, what)
         if channels != 3:
             raise CaffeError(f"{path}: image {index} has {channels} channels; WindowData reads colour images (3)")
         for _ in range(words.next(int, "the number of windows")):
