@@ -31,7 +31,7 @@ def reindex(i, shape, g):
 NOGRAD = {"gradcheck": False, "dtype": torch.float32}
 
 SAMPLES = {
-    "SPP": (L("SPP", "spp_param { pyramid_height: 3 pool: MAX }"), [(2, 3, 8, 6)], {"make_bottom": distinct}),
+    "SPP": (L("SPP", "spp_param { pyramid_height: 3 pool: MAX }"), [(1, 2, 8, 6)], {"make_bottom": distinct}),
     "Im2col": (L("Im2col", "convolution_param { kernel_h: 2 kernel_w: 3 stride: 2 pad: 1 dilation: 2 }"),
                [(2, 3, 6, 7)]),
     "Filter": (L("Filter", bottoms=3, tops=2), [(4, 3), (4, 2, 2), (4,)], {"grad_inputs": [0, 1]}),
