@@ -18,6 +18,7 @@ from torch import nn
 
 from protocaffe import fileio
 from protocaffe.errors import CaffeError
+from protocaffe.data import hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.layer_types import BuildContext, layer_class
 from protocaffe.proto import caffe_pb2
 from protocaffe.upgrade import upgrade_net
