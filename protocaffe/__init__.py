@@ -7,7 +7,9 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``get_solver(path)``, ``SGDSolver(path)`` and the other solver types
 - ``CaffeNet`` / ``build_net``: the plain ``torch.nn.Module`` underneath
 - ``caffe_pb2``: the generated schema, as ``caffe.proto.caffe_pb2``
+- ``io``: pycaffe's ``caffe.io`` (Transformer, load_image, blob/Datum conversions)
 """
+from protocaffe import io
 from protocaffe.errors import CaffeError
 from protocaffe.net import CaffeNet, build_net
 from protocaffe.proto import caffe_pb2
@@ -19,4 +21,5 @@ __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
     "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
+    "io",
 ]
