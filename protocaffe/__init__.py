@@ -15,13 +15,17 @@ from protocaffe.errors import CaffeError
 from protocaffe.net import CaffeNet, build_net
 from protocaffe.net_spec import NetSpec, layers, params, to_proto
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe import Blob, Net, TEST, TRAIN, set_device, set_mode_cpu, set_mode_gpu
-from protocaffe.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
-                               RMSPropSolver, SGDSolver, get_solver)
+from protocaffe.pycaffe import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net,
+                                NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN,
+                                get_solver, layer_type_list, set_device, set_mode_cpu, set_mode_gpu,
+                                set_random_seed)
+
+__version__ = "1.0.0"
+"""The Caffe release whose pycaffe API this follows (pycaffe's ``caffe.__version__``)."""
 
 __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
     "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "io", "NetSpec", "layers", "params", "to_proto",
+    "io", "Solver", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
 ]
