@@ -8,6 +8,7 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``CaffeNet`` / ``build_net``: the plain ``torch.nn.Module`` underneath
 - ``caffe_pb2``: the generated schema, as ``caffe.proto.caffe_pb2``
 - ``NetSpec``, ``layers`` (L), ``params`` (P), ``to_proto``: pycaffe's net_spec
+- ``Classifier``, ``Detector``: pycaffe's image classification and windowed detection
 - ``io``: pycaffe's ``caffe.io`` (Transformer, load_image, blob/Datum conversions)
 """
 from protocaffe import io
@@ -20,6 +21,9 @@ from protocaffe.pycaffe import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob,
                                 get_solver, layer_type_list, set_device, set_mode_cpu, set_mode_gpu,
                                 set_random_seed)
 
+from protocaffe.classifier import Classifier
+from protocaffe.detector import Detector
+
 __version__ = "1.0.0"
 """The Caffe release whose pycaffe API this follows (pycaffe's ``caffe.__version__``)."""
 
@@ -27,5 +31,5 @@ __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
     "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "io", "Solver", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
+    "io", "Classifier", "Detector", "Solver", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
 ]
