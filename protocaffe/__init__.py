@@ -9,9 +9,10 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``caffe_pb2``: the generated schema, as ``caffe.proto.caffe_pb2``
 - ``NetSpec``, ``layers`` (L), ``params`` (P), ``to_proto``: pycaffe's net_spec
 - ``Classifier``, ``Detector``: pycaffe's image classification and windowed detection
+- ``draw``: pycaffe's ``caffe.draw`` (nets as Graphviz pictures)
 - ``io``: pycaffe's ``caffe.io`` (Transformer, load_image, blob/Datum conversions)
 """
-from protocaffe import io
+from protocaffe import draw, io
 from protocaffe.errors import CaffeError
 from protocaffe.net import CaffeNet, build_net
 from protocaffe.net_spec import NetSpec, layers, params, to_proto
@@ -31,5 +32,5 @@ __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
     "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "io", "Classifier", "Detector", "Solver", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
+    "draw", "io", "Classifier", "Detector", "Solver", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
 ]
