@@ -18,9 +18,9 @@ from protocaffe.net import CaffeNet, build_net
 from protocaffe.net_spec import NetSpec, layers, params, to_proto
 from protocaffe.proto import caffe_pb2
 from protocaffe.pycaffe import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net,
-                                NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN,
-                                get_solver, layer_type_list, set_device, set_mode_cpu, set_mode_gpu,
-                                set_random_seed)
+                                NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN, Timer,
+                                get_solver, has_nccl, init_log, layer_type_list, set_device,
+                                set_mode_cpu, set_mode_gpu, set_random_seed)
 
 from protocaffe.classifier import Classifier
 from protocaffe.detector import Detector
@@ -32,5 +32,5 @@ __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
     "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "draw", "io", "Classifier", "Detector", "Solver", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
+    "draw", "io", "Classifier", "Detector", "Solver", "Timer", "has_nccl", "init_log", "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
 ]

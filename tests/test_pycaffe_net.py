@@ -162,3 +162,24 @@ def test_errors_name_the_layer():
         net.backward()
     with pytest.raises(caffe.CaffeError, match="keeps its shape"):
         net.params["fc8"][0].reshape(3, 3)
+
+
+def test_ids_hooks_clear_param_diffs_and_timer():
+    net = slim()
+    assert net._inputs == [0] and net._outputs == [len(net.blobs) - 1]
+    assert net._top_ids(2) == net._bottom_ids(2) == [1]  # relu1 works in place on conv1
+    assert net._blobs[0] is net.blobs["data"]
+    calls = []
+    net.before_forward(lambda i: calls.append(("f", i)))
+    net.after_backward(lambda i: calls.append(("b", i)))
+    net.forward(data=REF["blob_data"], start="fc8")
+    net.backward(start="prob", end="fc8", prob=np.eye(10, dtype=np.float32)[:1])
+    assert calls == [("f", 22), ("f", 23), ("b", 23), ("b", 22)]
+    assert np.any(net.params["fc8"][0].diff)
+    net.clear_param_diffs()
+    assert not np.any(net.params["fc8"][0].diff)
+    timer = caffe.Timer()
+    timer.start()
+    net.forward()
+    timer.stop()
+    assert timer.ms > 0 and not caffe.has_nccl()

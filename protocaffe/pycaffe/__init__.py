@@ -16,7 +16,8 @@ host copies kept in sync on a GPU (see :mod:`protocaffe.pycaffe.blob`).
 from protocaffe.layer_types import LAYERS
 from protocaffe.proto import caffe_pb2
 from protocaffe.pycaffe.blob import Blob, ParamBlob
-from protocaffe.pycaffe.mode import current_device, set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from protocaffe.pycaffe.mode import (Timer, current_device, has_nccl, init_log, log, set_device, set_mode_cpu,
+                                     set_mode_gpu, set_random_seed)
 from protocaffe.pycaffe.net import Layer, Net
 from protocaffe.pycaffe.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                                        RMSPropSolver, SGDSolver, Solver, get_solver)
@@ -30,7 +31,8 @@ def layer_type_list():
     return sorted(LAYERS)
 
 
-__all__ = ["Blob", "ParamBlob", "Layer", "Net", "Solver", "TRAIN", "TEST", "current_device",
+__all__ = ["Blob", "ParamBlob", "Layer", "Net", "Solver", "TRAIN", "TEST", "Timer", "current_device",
+           "has_nccl", "init_log", "log",
            "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "layer_type_list",
            "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
            "AdaDeltaSolver", "AdamSolver"]

@@ -1,5 +1,9 @@
-"""pycaffe's global settings: CPU or GPU mode, the device, the random seed."""
+"""pycaffe's global settings (CPU or GPU mode, the device, the random seed), its log and Timer."""
+import time
+
 import torch
+
+from protocaffe import log as logs
 
 from protocaffe.errors import CaffeError
 
@@ -42,3 +46,38 @@ def next_seed():
     if gen is None:
         return None
     return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+
+def has_nccl():
+    """False: multi-GPU training goes through torch.distributed, not Caffe's NCCL class."""
+    return False
+
+
+def init_log(level=0):
+    """Caffe's init_log: send the glog-style log to stderr (INFO and up)."""
+    logs.setup()
+
+
+def log(message):
+    """Caffe's log: one INFO line in the glog format."""
+    logs.LOGGER.info("%s", message)
+
+
+class Timer:
+    """pycaffe's Timer: ``start()``, ``stop()``, ``ms`` (milliseconds between them; since start while running)."""
+
+    def __init__(self):
+        self._start = self._stop = None
+
+    def start(self):
+        self._start, self._stop = time.perf_counter(), None
+
+    def stop(self):
+        self._stop = time.perf_counter()
+
+    @property
+    def ms(self):
+        if self._start is None:
+            return 0.0
+        end = self._stop if self._stop is not None else time.perf_counter()
+        return (end - self._start) * 1000.0

@@ -94,10 +94,29 @@ class Net:
         for name, weight in m.loss_tops().items():  # Caffe keeps the loss weight in a loss top's diff
             self.blobs[name].diff[...] = weight
         self._records = {}
+        self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
 
     @property
     def _blob_names(self):
         return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        return [self._blob_names.index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_names.index(n) for n in self.outputs]
+
+    def _top_ids(self, i):
+        return [self._blob_names.index(n) for n in self.module.plan[i].tops]
+
+    def _bottom_ids(self, i):
+        return [self._blob_names.index(n) for n in self.module.plan[i].bottoms]
 
     @property
     def _blob_loss_weights(self):
@@ -127,11 +146,13 @@ class Net:
                 continue
             bottoms = [self.blobs[b]._data.detach().requires_grad_(force or self._needs_grad(b))
                        for b in step.bottoms]
+            self._call("before_forward", i)
             out = self.layers[i]._module(*bottoms)
             out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             self._records[i] = (bottoms, out)
             for name, t in zip(step.tops, out):
                 self._blob(name, t)._set(data=t)
+            self._call("after_forward", i)
         self._params_changed()
 
     def _blob(self, name, tensor):
@@ -156,10 +177,12 @@ class Net:
             leaves = [b for b in bottoms if b.requires_grad] + params
             if not pairs or not leaves:
                 continue
+            self._call("before_backward", i)
             grads = torch.autograd.grad([t for t, _ in pairs], leaves,
                                         [d.reshape(t.shape) for t, d in pairs],
                                         retain_graph=True, allow_unused=True)
             self._store_diffs(step, bottoms, grads, params, written)
+            self._call("after_backward", i)
         self._params_changed()
 
     def _store_diffs(self, step, bottoms, grads, params, written):
@@ -269,6 +292,32 @@ class Net:
         return {k: np.asarray(v)[:n] for k, v in collected.items()}
 
     # ---- the rest of pycaffe's Net --------------------------------------------
+
+    def before_forward(self, callback):
+        """Call ``callback(layer_index)`` before each layer's forward (also after_forward,
+        before_backward, after_backward)."""
+        self._hooks["before_forward"].append(callback)
+
+    def after_forward(self, callback):
+        self._hooks["after_forward"].append(callback)
+
+    def before_backward(self, callback):
+        self._hooks["before_backward"].append(callback)
+
+    def after_backward(self, callback):
+        self._hooks["after_backward"].append(callback)
+
+    def _call(self, kind, i):
+        for callback in self._hooks[kind]:
+            callback(i)
+
+    def clear_param_diffs(self):
+        """Zero every parameter's diff (Caffe's Net::ClearParamDiffs)."""
+        for layer in self.layers:
+            for t in layer._module.blobs:
+                if t.grad is not None:
+                    t.grad.zero_()
+        self._params_changed()
 
     def set_input_arrays(self, data, labels, layer=None):
         """Feed numpy arrays to the net's MemoryData layer (the first, or the one named)."""

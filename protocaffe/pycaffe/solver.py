@@ -52,6 +52,10 @@ class Solver:
         self.solver.restore(path)
         self._changed()
 
+    def share_weights(self, net):
+        """Make ``net`` (a pycaffe Net) use this solver's train-net tensors, by layer name."""
+        net.share_with(self.net)
+
     def add_callback(self, on_start, on_gradients):
         """Call ``on_start()`` before each iteration's forward and ``on_gradients()`` before its update."""
         self._callbacks.append((on_start, on_gradients))
