@@ -169,10 +169,11 @@ def test_ids_hooks_clear_param_diffs_and_timer():
     assert net._inputs == [0] and net._outputs == [len(net.blobs) - 1]
     assert net._top_ids(2) == net._bottom_ids(2) == [1]  # relu1 works in place on conv1
     assert net._blobs[0] is net.blobs["data"]
+    net.forward(data=REF["blob_data"])
     calls = []
     net.before_forward(lambda i: calls.append(("f", i)))
     net.after_backward(lambda i: calls.append(("b", i)))
-    net.forward(data=REF["blob_data"], start="fc8")
+    net.forward(start="fc8")
     net.backward(start="prob", end="fc8", prob=np.eye(10, dtype=np.float32)[:1])
     assert calls == [("f", 22), ("f", 23), ("b", 23), ("b", 22)]
     assert np.any(net.params["fc8"][0].diff)
