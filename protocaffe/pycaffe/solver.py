@@ -13,7 +13,7 @@ from protocaffe.pycaffe.net import Net
 
 class Solver:
     """A Caffe solver as pycaffe shows it: ``net``, ``test_nets``, ``iter``, ``step``, ``solve``,
-    ``add_callback``; anything else (``param``, ``snapshot``, ``restore``, ``test_all``) is the
+    ``add_callback``, ``snapshot``, ``restore``; anything else (``param``, ``test_all``) is the
     underlying solver's (``solver.solver``)."""
 
     def __init__(self, solver):
@@ -47,6 +47,11 @@ class Solver:
         self._sync()
         self.solver.solve(resume_file)
         self._changed()
+
+    def snapshot(self):
+        """Write the .caffemodel and .solverstate of the current iteration (host writes included)."""
+        self._sync()
+        return self.solver.snapshot()
 
     def restore(self, path):
         self.solver.restore(path)
