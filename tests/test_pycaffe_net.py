@@ -2,7 +2,6 @@
 reshape, batched forward, and Caffe's synced-memory contract for .data/.diff off the CPU."""
 import numpy as np
 import pytest
-import torch
 
 import protocaffe as caffe
 from conftest import GOLDEN, HAS_CUDA, assert_close

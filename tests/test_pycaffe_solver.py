@@ -3,6 +3,7 @@ checked against Caffe's own run (golden solver/sgd_step_caffenet)."""
 import textwrap
 
 import numpy as np
+import pytest
 
 from conftest import GOLDEN, assert_close
 
@@ -59,3 +60,32 @@ def test_pycaffe_training_loop_matches_caffe(golden_cwd, tmp_path, monkeypatch):
     assert solver.iter == 12 and solver.test_nets[0].params["conv1"][0].data is not None
     np.testing.assert_array_equal(solver.test_nets[0].params["conv1"][0].data,
                                   solver.net.params["conv1"][0].data)
+
+
+SOLVER_TEXT = """
+net_param {
+  layer { name: "d" type: "DummyData" top: "x" top: "t"
+          dummy_data_param { shape { dim: 1 dim: 1 } shape { dim: 1 dim: 1 }
+                             data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0 } } }
+  layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+          inner_product_param { num_output: 1 bias_term: false weight_filler { type: "constant" value: 0.5 } } }
+  layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+}
+base_lr: 0.1 lr_policy: "fixed" max_iter: 10 test_iter: 1 test_interval: 1000 test_initialization: false
+"""
+
+
+def test_solver_with_host_copies_syncs_both_ways(tmp_path, monkeypatch):
+    import protocaffe
+    from protocaffe.pycaffe import Blob
+    monkeypatch.setattr(Blob, "host_copies_on_cpu", True)
+    (tmp_path / "solver.prototxt").write_text(SOLVER_TEXT)
+    solver = protocaffe.get_solver(str(tmp_path / "solver.prototxt"))
+    weight = solver.net.params["ip"][0].data
+    weight[...] = 2.0  # a host write: must reach the solver's tensor before the step
+    solver.step(1)
+    # loss = (w * 1 - 0)^2 / 2 = 2; dloss/dw = w = 2; w <- 2 - 0.1 * 2
+    assert float(solver.net.blobs["loss"].data) == pytest.approx(2.0)
+    assert float(solver.net.params["ip"][0].data[0, 0]) == pytest.approx(1.8)
+    assert solver.net.params["ip"][0].data is weight  # the held array was refreshed in place
+    assert float(solver.test_nets[0].forward()["loss"]) == pytest.approx(1.8 ** 2 / 2)
