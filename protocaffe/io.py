@@ -4,12 +4,10 @@ Images are numpy arrays (H, W, K), float32 in [0, 1], RGB, as scikit-image
 reads them; a net's input is (K, H, W), often BGR in [0, 255] less a mean.
 :class:`Transformer` goes from one to the other and back. Resampling is
 scikit-image's (``skimage.transform.resize``), as in pycaffe, so resized
-images match pycaffe's to float32 precision.
+images match pycaffe's to float32 precision. scikit-image is imported on first
+use, so ``import protocaffe`` stays quick.
 """
 import numpy as np
-import skimage
-import skimage.io
-import skimage.transform
 
 from protocaffe import fileio
 from protocaffe.errors import CaffeError
@@ -68,6 +66,8 @@ def load_image(filename, color=True):
 
     Grey images are tiled to three channels when ``color``; an alpha channel is dropped.
     """
+    import skimage
+    import skimage.io
     try:
         raw = skimage.io.imread(filename, as_gray=not color)
     except (OSError, ValueError) as e:
@@ -94,11 +94,12 @@ def resize_image(im, new_dims, interp_order=1):
         from scipy.ndimage import zoom
         scale = tuple(np.array(new_dims, dtype=float) / np.array(im.shape[:2]))
         return zoom(im, scale + (1,), order=interp_order).astype(np.float32)
+    from skimage.transform import resize
     lo, hi = im.min(), im.max()
     if hi <= lo:
         return np.full(new_dims + (im.shape[-1],), lo, dtype=np.float32)
     unit = (im - lo) / (hi - lo)
-    resized = skimage.transform.resize(unit, new_dims, order=interp_order, mode="constant")
+    resized = resize(unit, new_dims, order=interp_order, mode="constant")
     return (resized * (hi - lo) + lo).astype(np.float32)
 
 
