@@ -144,8 +144,7 @@ class Net:
             step = self.module.plan[i]
             if step.is_input:
                 continue
-            bottoms = [self.blobs[b]._data.detach().requires_grad_(force or self._needs_grad(b))
-                       for b in step.bottoms]
+            bottoms = [self._leaf(b, force) for b in step.bottoms]
             self._call("before_forward", i)
             out = self.layers[i]._module(*bottoms)
             out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
@@ -160,9 +159,11 @@ class Net:
             self.blobs[name] = Blob(tensor)
         return self.blobs[name]
 
-    def _needs_grad(self, name):
+    def _leaf(self, name, force):
+        """A blob's tensor as a new autograd leaf: it needs a gradient when the layer that made it
+        did (or force_backward), and only floating tensors can have one."""
         t = self.blobs[name]._data
-        return t.requires_grad
+        return t.detach().requires_grad_(t.is_floating_point() and (force or t.requires_grad))
 
     def _backward(self, start, end):
         """Caffe's BackwardFromTo: layers start down to end, each from its tops' diffs in the blobs."""
