@@ -8,18 +8,32 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``CaffeNet`` / ``build_net``: the plain ``torch.nn.Module`` underneath
 - ``caffe_pb2``: the generated schema, as ``caffe.proto.caffe_pb2``
 - ``Layer``: the base class of Python layers (``type: "Python"``), pycaffe's ``caffe.Layer``
+- ``NetSpec``, ``layers`` (L), ``params`` (P), ``to_proto``: pycaffe's net_spec
+- ``Classifier``, ``Detector``: pycaffe's image classification and windowed detection
+- ``draw``: pycaffe's ``caffe.draw`` (nets as Graphviz pictures)
+- ``io``: pycaffe's ``caffe.io`` (Transformer, load_image, blob/Datum conversions)
 """
+from protocaffe import draw, io
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.python import Layer
 from protocaffe.net import CaffeNet, build_net
+from protocaffe.net_spec import NetSpec, layers, params, to_proto
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe import Blob, Net, TEST, TRAIN, set_device, set_mode_cpu, set_mode_gpu
-from protocaffe.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
-                               RMSPropSolver, SGDSolver, get_solver)
+from protocaffe.pycaffe import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net,
+                                NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN, Timer,
+                                get_solver, has_nccl, init_log, layer_type_list, set_device,
+                                set_mode_cpu, set_mode_gpu, set_random_seed)
+
+from protocaffe.classifier import Classifier
+from protocaffe.detector import Detector
+
+__version__ = "1.0.0"
+"""The Caffe release whose pycaffe API this follows (pycaffe's ``caffe.__version__``)."""
 
 __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
     "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-    "Layer",
+    "Layer", "draw", "io", "Classifier", "Detector", "Solver", "Timer", "has_nccl", "init_log",
+    "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
 ]

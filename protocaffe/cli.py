@@ -24,6 +24,12 @@ COMMANDS = {
     "upgrade_net_proto_text": "protocaffe.upgrade_tools",
     "upgrade_net_proto_binary": "protocaffe.upgrade_tools",
     "upgrade_solver_proto_text": "protocaffe.upgrade_tools",
+    # pycaffe's tools
+    "classify": "protocaffe.commands.classify",
+    "draw_net": "protocaffe.commands.draw_net",
+    "parse_log": "protocaffe.commands.parse_log",
+    "plot_training_log": "protocaffe.commands.plot_training_log",
+    "extract_features": "protocaffe.commands.extract_features",
 }
 
 USAGE = "usage: protocaffe <command> [args]\n\ncommands:\n" + "".join(

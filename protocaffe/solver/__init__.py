@@ -1,5 +1,7 @@
 """Solvers with pycaffe's names: ``get_solver(path)`` builds the type the prototxt asks for;
 ``SGDSolver(path)`` and the others insist on their type, as pycaffe's classes do."""
+import os
+
 from protocaffe.errors import CaffeError
 from protocaffe.solver.solver import Solver, read_solver_param
 
@@ -11,7 +13,7 @@ def get_solver(path, **kwargs):
 
 def _typed(type_name):
     def make(path, **kwargs):
-        p = read_solver_param(path)
+        p = read_solver_param(path) if isinstance(path, (str, os.PathLike)) else path
         if p.HasField("type") and p.type != type_name:
             raise CaffeError(f"{path}: is a {p.type} solver, not {type_name}")
         p.type = type_name

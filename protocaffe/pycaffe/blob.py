@@ -1,0 +1,162 @@
+"""pycaffe's Blob: ``.data`` and ``.diff`` as numpy arrays over a tensor that may live on a device.
+
+On the CPU the arrays are views of the tensors, so writes land at once. On a
+device they are host copies kept as Caffe's SyncedMemory keeps them: reading
+``.data`` copies the device values to the host if the device is newer, and
+marks the host as the side the user may write (Caffe's ``mutable_cpu_data``);
+the net copies such host arrays back to the device before its next forward
+or backward (:meth:`Blob._push`), and marks the device newer after it ran
+(:meth:`Blob._device_changed`). So ``blob.data[...] = x`` in GPU mode reaches
+the device, and a held array is refreshed in place when read again.
+"""
+import numpy as np
+import torch
+
+from protocaffe.errors import CaffeError
+
+
+class _HostCopy:
+    """The host side of one device tensor: an array and whether it or the device is newer."""
+
+    def __init__(self):
+        self.array = None
+        self.head = "device"  # "device": host stale; "host": host may be newer; "synced": equal
+
+    def read(self, tensor):
+        if self.array is None or self.array.shape != tuple(tensor.shape):
+            self.array = tensor.detach().cpu().numpy().copy()
+        elif self.head == "device":
+            np.copyto(self.array, tensor.detach().cpu().numpy())
+        self.head = "host"
+        return self.array
+
+    def push(self, tensor):
+        if self.head == "host" and self.array.shape == tuple(tensor.shape):
+            # through .data: autograd's version counter is left alone, so a layer's backward
+            # uses the values written (Caffe's semantics) instead of refusing to run
+            tensor.data.copy_(torch.from_numpy(self.array))
+            self.head = "synced"
+
+    def device_changed(self):
+        if self.array is not None:
+            self.head = "device"
+
+
+class Blob:
+    """A named tensor with Caffe's ``data`` and ``diff`` (numpy), ``shape``, ``count``, ``reshape``."""
+
+    #: treat CPU tensors as if they were on a device (host copies, not views): tests the sync path
+    host_copies_on_cpu = False
+
+    def __init__(self, data, diff=None):
+        self._data = data
+        self._diff = diff
+        self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+
+    def _tensor(self, which):
+        if which == "diff" and self._diff is None:
+            self._diff = torch.zeros_like(self._data)
+        return self._data if which == "data" else self._diff
+
+    def _mirrored(self):
+        return self._data.device.type != "cpu" or Blob.host_copies_on_cpu
+
+    def _array(self, which):
+        tensor = self._tensor(which)
+        if not self._mirrored():
+            return tensor.detach().numpy()
+        return self._host[which].read(tensor)
+
+    def _write(self, which, value):
+        arr = self._array(which)
+        arr[...] = np.asarray(value).reshape(arr.shape)
+
+    data = property(lambda self: self._array("data"), lambda self, v: self._write("data", v),
+                    doc="The values, a numpy array (a view on the CPU, a synced host copy on a device).")
+    diff = property(lambda self: self._array("diff"), lambda self, v: self._write("diff", v),
+                    doc="The gradient, a numpy array like ``data``.")
+
+    def _push(self):
+        """Copy host arrays written since the last sync to the device (before the net runs)."""
+        if self._mirrored():
+            self._host["data"].push(self._data)
+            if self._diff is not None:
+                self._host["diff"].push(self._diff)
+
+    def _device_changed(self):
+        for host in self._host.values():
+            host.device_changed()
+
+    def _set(self, data=None, diff=None):
+        """Rebind the tensors after the net ran; the host copies become stale."""
+        if data is not None:
+            self._data = data
+            if self._diff is not None and self._diff.shape != data.shape:
+                self._diff = None
+        if diff is not None:
+            self._diff = diff
+        self._device_changed()
+
+    @property
+    def shape(self):
+        return tuple(self._data.shape)
+
+    @property
+    def count(self):
+        return self._data.numel()
+
+    @property
+    def num(self):
+        return self.shape[0]
+
+    @property
+    def channels(self):
+        return self.shape[1]
+
+    @property
+    def height(self):
+        return self.shape[2]
+
+    @property
+    def width(self):
+        return self.shape[3]
+
+    def reshape(self, *shape):
+        """New zero-filled storage of ``shape`` (Caffe then calls ``net.reshape()``)."""
+        shape = tuple(int(d) for d in shape)
+        if shape != self.shape:
+            self._data = torch.zeros(shape, dtype=self._data.dtype, device=self._data.device)
+            self._diff = None
+            self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+
+
+class ParamBlob(Blob):
+    """A layer's parameter tensor (looked up by name, so shared tensors stay shared); ``diff`` is its gradient."""
+
+    def __init__(self, layer, name):
+        self._layer, self._name = layer, name
+        self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+
+    @property
+    def _data(self):
+        return getattr(self._layer, self._name)
+
+    @property
+    def _diff(self):
+        t = self._data
+        if t.grad is None:
+            t.grad = torch.zeros_like(t)
+        return t.grad
+
+    def _tensor(self, which):
+        return self._data if which == "data" else self._diff
+
+    def _push(self):
+        if self._mirrored():
+            self._host["data"].push(self._data)
+            if self._data.grad is not None:
+                self._host["diff"].push(self._data.grad)
+
+    def reshape(self, *shape):
+        raise CaffeError(f"parameter {self._name} of layer '{self._layer.name}' keeps its shape "
+                         f"{self.shape}; reshape the net's input blobs instead")

@@ -1,0 +1,346 @@
+"""pycaffe's Net over a :class:`protocaffe.net.CaffeNet` (``net.module``).
+
+The net runs layer by layer, as Caffe's ForwardFromTo/BackwardFromTo do, so
+``forward(start=, end=)`` and ``backward(start=, end=)`` run part of it and
+every blob has its data and its diff. Each layer's bottoms enter it as fresh
+autograd leaves, so backward through one layer reads its tops' diffs from
+the blobs (whatever wrote them: the layer above, the caller, or the loss
+weight Caffe puts in a loss top's diff) and writes its bottoms' diffs there.
+"""
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from protocaffe.errors import CaffeError
+from protocaffe.net import build_net
+from protocaffe.pycaffe.blob import Blob, ParamBlob
+from protocaffe.pycaffe.mode import current_device, next_seed
+
+
+class Layer:
+    """pycaffe's view of one layer: ``type``, ``blobs`` (ParamBlobs), ``reshape``.
+
+    Other attributes are the underlying module's (``layer.weight``, ``layer.param``).
+    """
+
+    def __init__(self, net, index, module):
+        self._net, self._index, self._module = net, index, module
+        self.blobs = [ParamBlob(module, n) for n in module.blob_names]
+
+    @property
+    def type(self):
+        return self._module.type
+
+    def reshape(self, bottom=None, top=None):
+        """Set the top blobs' shapes from the bottom blobs' (Caffe's Layer::Reshape)."""
+        self._net._reshape_layer(self._index)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _parse_net_args(args, weights, phase):
+    """pycaffe accepts Net(file, phase), Net(file, weights, phase) and keyword forms."""
+    for a in args:
+        if isinstance(a, int):
+            phase = a
+        else:
+            weights = a
+    if phase is None:
+        raise CaffeError("Net needs a phase: protocaffe.TRAIN or protocaffe.TEST")
+    return weights, phase
+
+
+def _index(names, name, what):
+    try:
+        return names.index(name)
+    except ValueError:
+        raise CaffeError(f"no layer named '{name}' for {what}; layers: {', '.join(names)}") from None
+
+
+class Net:
+    """A Caffe net with pycaffe's interface. ``Net(prototxt, [weights], phase, level=0, stages=())``."""
+
+    def __init__(self, network_file, *args, weights=None, phase=None, level=None, stages=(), seed=None):
+        weights, phase = _parse_net_args(args, weights, phase)
+        seed = next_seed() if seed is None else seed
+        self._attach(build_net(network_file, phase, level=level, stages=stages, weights=weights,
+                               seed=seed, device=current_device()))
+
+    @classmethod
+    def wrap(cls, module):
+        """A pycaffe Net over an existing CaffeNet (a solver's), sharing its tensors."""
+        net = cls.__new__(cls)
+        net._attach(module)
+        return net
+
+    def _attach(self, module):
+        self.module = m = module
+        m.keep_all_blobs = True
+        self.device = m.ctx.device
+        self.blobs = OrderedDict((n, Blob(torch.zeros(s, device=self.device))) for n, s in m.blob_shapes.items())
+        mods = [m.layers[s.key] for s in m.plan]
+        self.layers = [Layer(self, i, mod) for i, mod in enumerate(mods)]
+        self._layer_names = [mod.name for mod in mods]
+        self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
+        self.params = OrderedDict((n, l.blobs) for n, l in self.layer_dict.items() if l.blobs)
+        self.top_names = OrderedDict((n, list(s.tops)) for n, s in zip(self._layer_names, m.plan))
+        self.bottom_names = OrderedDict((n, list(s.bottoms)) for n, s in zip(self._layer_names, m.plan))
+        self.inputs = list(m.input_names)
+        self.outputs = list(m.output_names)
+        self.blob_loss_weights = OrderedDict((n, 0.0) for n in self.blobs)
+        self.blob_loss_weights.update(m.loss_tops())
+        for name, weight in m.loss_tops().items():  # Caffe keeps the loss weight in a loss top's diff
+            self.blobs[name].diff[...] = weight
+        self._records = {}
+        self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
+
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _inputs(self):
+        return [self._blob_names.index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_names.index(n) for n in self.outputs]
+
+    def _top_ids(self, i):
+        return [self._blob_names.index(n) for n in self.module.plan[i].tops]
+
+    def _bottom_ids(self, i):
+        return [self._blob_names.index(n) for n in self.module.plan[i].bottoms]
+
+    @property
+    def _blob_loss_weights(self):
+        return list(self.blob_loss_weights.values())
+
+    # ---- running ------------------------------------------------------------
+
+    def _sync(self):
+        for blob in self.blobs.values():
+            blob._push()
+        for blobs in self.params.values():
+            for blob in blobs:
+                blob._push()
+
+    def _params_changed(self):
+        for blobs in self.params.values():
+            for blob in blobs:
+                blob._device_changed()
+
+    def _forward(self, start, end):
+        """Caffe's ForwardFromTo: run layers start..end (inclusive) on the blobs' current values."""
+        self._sync()
+        force = self.module.param.force_backward
+        for i in range(start, end + 1):
+            step = self.module.plan[i]
+            if step.is_input:
+                continue
+            bottoms = [self._leaf(b, force) for b in step.bottoms]
+            self._call("before_forward", i)
+            out = self.layers[i]._module(*bottoms)
+            out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+            self._records[i] = (bottoms, out)
+            for name, t in zip(step.tops, out):
+                self._blob(name, t)._set(data=t)
+            self._call("after_forward", i)
+        self._params_changed()
+
+    def _blob(self, name, tensor):
+        if name not in self.blobs:
+            self.blobs[name] = Blob(tensor)
+        return self.blobs[name]
+
+    def _leaf(self, name, force):
+        """A blob's tensor as a new autograd leaf: it needs a gradient when the layer that made it
+        did (or force_backward), and only floating tensors can have one."""
+        t = self.blobs[name]._data
+        return t.detach().requires_grad_(t.is_floating_point() and (force or t.requires_grad))
+
+    def _backward(self, start, end):
+        """Caffe's BackwardFromTo: layers start down to end, each from its tops' diffs in the blobs."""
+        self._sync()
+        written = set()
+        for i in range(start, end - 1, -1):
+            if i not in self._records:
+                continue
+            step, (bottoms, tops) = self.module.plan[i], self._records[i]
+            params = [p for p in self.layers[i]._module.blobs if p.requires_grad]
+            pairs = [(t, self.blobs[n]._tensor("diff")) for n, t in zip(step.tops, tops) if t.requires_grad]
+            leaves = [b for b in bottoms if b.requires_grad] + params
+            if not pairs or not leaves:
+                continue
+            self._call("before_backward", i)
+            grads = torch.autograd.grad([t for t, _ in pairs], leaves,
+                                        [d.reshape(t.shape) for t, d in pairs],
+                                        retain_graph=True, allow_unused=True)
+            self._store_diffs(step, bottoms, grads, params, written)
+            self._call("after_backward", i)
+        self._params_changed()
+
+    def _store_diffs(self, step, bottoms, grads, params, written):
+        """Bottom diffs: set, summed over consumers (Caffe's split layers), overwritten in place."""
+        it = iter(grads)
+        for name, leaf in zip(step.bottoms, bottoms):
+            if not leaf.requires_grad:
+                continue
+            g = next(it)
+            g = torch.zeros_like(leaf) if g is None else g
+            blob = self.blobs[name]
+            if name in written and name not in step.tops:
+                g = blob._tensor("diff") + g
+            blob._set(diff=g.detach())
+            written.add(name)
+        with torch.no_grad():
+            for p, g in zip(params, it):
+                if g is not None:
+                    p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run layers ``start``..``end`` (names; default all). Keyword arrays fill the input blobs first.
+
+        Returns ``{name: blob.data}`` for the outputs (or ``end``'s tops) and the names in ``blobs``.
+        """
+        start_i = 0 if start is None else _index(self._layer_names, start, "forward start")
+        end_i = len(self.layers) - 1 if end is None else _index(self._layer_names, end, "forward end")
+        for name, value in kwargs.items():
+            if name not in self.inputs:
+                raise CaffeError(f"'{name}' is not an input of this net; inputs: {self.inputs}")
+            value = np.asarray(value)
+            self.blobs[name].reshape(*value.shape)
+            self.blobs[name].data[...] = value
+        self._forward(start_i, end_i)
+        names = (self.outputs if end is None else self.top_names[end]) + list(blobs or [])
+        return {n: self.blobs[n].data for n in names}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Backpropagate layers ``start`` down to ``end`` (default all), from the tops' diffs.
+
+        Keyword arrays are written into those blobs' diffs first. Returns ``{name: blob.diff}``
+        for the inputs (or ``end``'s bottoms) and the names in ``diffs``.
+        """
+        if not self._records:
+            raise CaffeError("Net.backward() needs a forward() first")
+        start_i = len(self.layers) - 1 if start is None else _index(self._layer_names, start, "backward start")
+        end_i = 0 if end is None else _index(self._layer_names, end, "backward end")
+        for name, value in kwargs.items():
+            if name not in self.blobs:
+                raise CaffeError(f"'{name}' is not a blob of this net; outputs: {self.outputs}")
+            self.blobs[name].diff[...] = np.asarray(value).reshape(self.blobs[name].shape)
+        self._backward(start_i, end_i)
+        names = (self.inputs if end is None else self.bottom_names[end]) + list(diffs or [])
+        return {n: self.blobs[n].diff for n in names}
+
+    def reshape(self):
+        """Caffe's Net::Reshape: every layer's tops take the shapes its bottoms now give."""
+        for i in range(len(self.layers)):
+            self._reshape_layer(i)
+
+    def _reshape_layer(self, i):
+        step = self.module.plan[i]
+        if step.is_input:
+            return
+        shapes = self.layers[i]._module.top_shapes([self.blobs[b].shape for b in step.bottoms])
+        for name, shape in zip(step.tops, shapes):
+            self.blobs[name].reshape(*shape)
+
+    def forward_all(self, blobs=None, **kwargs):
+        """Forward over arrays longer than the batch, batch by batch; returns whole arrays."""
+        outs = {n: [] for n in self.outputs + list(blobs or [])}
+        for batch in self._batches(kwargs):
+            for name, value in self.forward(blobs=blobs, **batch).items():
+                outs[name].extend(value.copy())
+        return self._unpad(outs, kwargs)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """forward_all and backward batch by batch: inputs and output diffs in ``kwargs``."""
+        outs = {n: [] for n in self.outputs + list(blobs or [])}
+        grads = {n: [] for n in self.inputs + list(diffs or [])}
+        fwd = list(self._batches({n: kwargs[n] for n in self.inputs if n in kwargs}))
+        bwd = list(self._batches({n: kwargs[n] for n in self.outputs if n in kwargs}))
+        for k in range(max(len(fwd), len(bwd))):
+            for name, value in self.forward(blobs=blobs, **(fwd[k] if k < len(fwd) else {})).items():
+                outs[name].extend(value.copy())
+            for name, value in self.backward(diffs=diffs, **(bwd[k] if k < len(bwd) else {})).items():
+                grads[name].extend(value.copy())
+        return self._unpad(outs, kwargs), self._unpad(grads, kwargs)
+
+    def _batches(self, arrays):
+        """Split arrays into the net's batch size; the last batch is padded with zeros."""
+        if not arrays:
+            return
+        num = len(next(iter(arrays.values())))
+        size = next(iter(self.blobs.values())).shape[0]
+        for i in range(0, num, size):
+            batch = {}
+            for name, a in arrays.items():
+                part = np.asarray(a[i:i + size])
+                pad = size - len(part)
+                batch[name] = np.concatenate([part, np.zeros((pad,) + part.shape[1:], part.dtype)]) if pad else part
+            yield batch
+
+    @staticmethod
+    def _unpad(collected, kwargs):
+        n = len(next(iter(kwargs.values()))) if kwargs else None
+        return {k: np.asarray(v)[:n] for k, v in collected.items()}
+
+    # ---- the rest of pycaffe's Net --------------------------------------------
+
+    def before_forward(self, callback):
+        """Call ``callback(layer_index)`` before each layer's forward (also after_forward,
+        before_backward, after_backward)."""
+        self._hooks["before_forward"].append(callback)
+
+    def after_forward(self, callback):
+        self._hooks["after_forward"].append(callback)
+
+    def before_backward(self, callback):
+        self._hooks["before_backward"].append(callback)
+
+    def after_backward(self, callback):
+        self._hooks["after_backward"].append(callback)
+
+    def _call(self, kind, i):
+        for callback in self._hooks[kind]:
+            callback(i)
+
+    def clear_param_diffs(self):
+        """Zero every parameter's diff (Caffe's Net::ClearParamDiffs)."""
+        for layer in self.layers:
+            for t in layer._module.blobs:
+                if t.grad is not None:
+                    t.grad.zero_()
+        self._params_changed()
+
+    def set_input_arrays(self, data, labels, layer=None):
+        """Feed numpy arrays to the net's MemoryData layer (the first, or the one named)."""
+        found = [l for n, l in self.layer_dict.items() if l.type == "MemoryData" and layer in (None, n)]
+        if not found:
+            raise CaffeError("set_input_arrays needs a MemoryData layer in the net")
+        found[0]._module.set_input_arrays(data, labels)
+
+    def save(self, path):
+        """Write the weights as a .caffemodel."""
+        self._sync()
+        self.module.save(path)
+
+    def copy_from(self, path):
+        """Load weights by layer name from a .caffemodel."""
+        self.module.copy_from(path)
+        self._params_changed()
+
+    def share_with(self, other):
+        """Use ``other``'s parameter tensors for layers of the same name (pycaffe's share_with)."""
+        theirs = other.module.layer_by_name()
+        for name, layer in self.module.layer_by_name().items():
+            if name in theirs:
+                for blob_name in layer.blob_names:
+                    setattr(layer, blob_name, getattr(theirs[name], blob_name))
