@@ -51,10 +51,11 @@ def _export_layer(g, layer, xs, shapes):
     return export(g, layer, xs, shapes)
 
 
-def build_graph(net, proto, precision="fp32", dynamic_batch=False):
+def build_graph(net, proto, precision="fp32", dynamic_batch=False, outputs=None):
     """Write the ONNX graph of ``net`` into the GraphProto ``proto``: Input tops become graph
     inputs, each layer's exporter runs in plan order (in-place layers simply rebind their
-    blob's name), outputs are renamed to the Caffe output blobs."""
+    blob's name), outputs are renamed to the Caffe output blobs (``outputs``, default
+    ``net.output_names``; a blob written in place is exposed with its final value)."""
     g = Graph(proto, precision, dynamic_batch, reserved=net.blob_shapes)
     values = {}
     for step in net.plan:
@@ -65,31 +66,34 @@ def build_graph(net, proto, precision="fp32", dynamic_batch=False):
         outs = _export_layer(g, layer, [values[b] for b in step.bottoms],
                              [net.blob_shapes[b] for b in step.bottoms])
         values.update(zip(step.tops, outs))
-    for name in net.output_names:
+    for name in outputs or net.output_names:
+        if name not in values:
+            raise CaffeError(f"cannot expose blob '{name}' as an output: the net has no such blob")
         g.output(values[name], name, net.blob_shapes[name])
     g.finish(net.param.name or "protocaffe")
 
 
-def to_onnx(net, *, opset=DEFAULT_OPSET, dynamic_batch=False, precision="fp32"):
+def to_onnx(net, *, opset=DEFAULT_OPSET, dynamic_batch=False, precision="fp32", outputs=None):
     """An ONNX ModelProto of ``net`` (a CaffeNet or a pycaffe-style Net), shape-inferred and checked.
 
     ``precision`` "fp16" stores weights and computes in float16 (inputs and outputs too);
-    ``dynamic_batch`` makes axis 0 of inputs and outputs symbolic.
+    ``dynamic_batch`` makes axis 0 of inputs and outputs symbolic; ``outputs`` names the
+    blobs to expose (default: the net's outputs), e.g. every blob, to compare layer by layer.
     """
     _check_options(opset, precision)
     net = _caffe_net(net)
     model = onnx.ModelProto(producer_name="protocaffe")
     model.opset_import.add(domain="", version=opset)
     model.ir_version = helper.find_min_ir_version_for(model.opset_import)
-    build_graph(net, model.graph, precision, dynamic_batch)
+    build_graph(net, model.graph, precision, dynamic_batch, outputs)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def export_onnx(net, path, *, opset=DEFAULT_OPSET, dynamic_batch=False, precision="fp32"):
-    """Write ``net`` as an ONNX file at ``path`` (see :func:`to_onnx`); returns the ModelProto."""
-    model = to_onnx(net, opset=opset, dynamic_batch=dynamic_batch, precision=precision)
+def export_onnx(net, path, **options):
+    """Write ``net`` as an ONNX file at ``path``; the options are :func:`to_onnx`'s. Returns the model."""
+    model = to_onnx(net, **options)
     try:
         onnx.save(model, os.fspath(path))
     except OSError as e:
