@@ -206,6 +206,15 @@ def test_unexportable_layer_is_named(case, message):
         to_onnx(net)
 
 
+def test_stochastic_pooling_is_refused(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+                    'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+                    'pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }\n')
+    with pytest.raises(CaffeError, match=r"layer 'p' \(type Pooling\): STOCHASTIC pooling"):
+        to_onnx(build_net(str(path)))
+
+
 def test_train_phase_dropout_is_refused():
     net = build_net(str(NETS / "slim_alexnet_deploy.prototxt"), caffe_pb2.TRAIN)
     with pytest.raises(CaffeError, match=r"layer 'drop6' \(type Dropout\): drops units at random"):

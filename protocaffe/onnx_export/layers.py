@@ -86,6 +86,9 @@ def pooling(g, layer, xs, shapes):
     """MAX: MaxPool with Caffe's pads (padding never wins). AVE: zero Pad, AveragePool (sum / kh kw),
     then times kh kw / Caffe's divisor, the window clipped to [-pad, H + pad) (so padding counts,
     the overhang past it does not). Global pooling: GlobalMaxPool / GlobalAveragePool."""
+    if layer.method not in (MAX, AVE):
+        raise layer.error("STOCHASTIC pooling draws at random in TRAIN and has no ONNX pooling op; "
+                          "only MAX and AVE pooling export")
     is_max = layer.method == MAX
     if layer.global_pooling:
         return [g.node("GlobalMaxPool" if is_max else "GlobalAveragePool", xs, layer.name)]
@@ -131,10 +134,7 @@ def inner_product(g, layer, xs, shapes):
                      layer.axis > 0)
     name = layer.name
     if layer.axis == 1:
-        ins = [x, g.const(layer.weight, f"{name}/weight")]
-        if layer.bias is not None:
-            ins.append(g.const(layer.bias, f"{name}/bias"))
-        return [g.node("Gemm", ins, name, transB=int(not layer.transpose))]
+        return [g.node("Gemm", [x] + _weights(g, layer), name, transB=int(not layer.transpose))]
     weight = layer.weight if layer.transpose else layer.weight.t()
     y = g.node("MatMul", [x, g.const(weight, f"{name}/weight")], name)
     if layer.bias is not None:
