@@ -193,6 +193,27 @@ def test_fp16_weights_and_arithmetic():
     assert_close(got, golden["blob_prob"], rtol=1e-2, atol=1e-3, what="fp16 prob")
 
 
+def test_fp16_every_blob_of_a_resnet_block():
+    """BatchNorm, Scale, the AVE correction map and Eltwise coefficients in float16."""
+    net = randomize(build_net(str(DATA / "onnx" / "resnet_bottleneck.prototxt")))
+    feeds = random_inputs(net)
+    got = run_onnx(to_onnx(net, precision="fp16", outputs=hidden_blobs(net)),
+                   {k: v.astype(np.float16) for k, v in feeds.items()})
+    expected = run_protocaffe(net, feeds)
+    for name, value in got.items():
+        assert_close(value, expected[name], rtol=1e-2, atol=5e-3, what=f"fp16 {name}")
+
+
+def test_pycaffe_net_exports(tmp_path):
+    net = protocaffe.Net(str(NETS / "slim_alexnet_deploy.prototxt"), str(NETS / "slim_alexnet.caffemodel"),
+                         protocaffe.TEST)
+    model = protocaffe.export_onnx(net, tmp_path / "net.onnx")
+    golden = np.load(NETS / "slim_alexnet.npz")
+    got = run_onnx(onnx.load(str(tmp_path / "net.onnx")), {"data": golden["blob_data"]})
+    assert [o.name for o in model.graph.output] == ["prob"]
+    assert_close(got["prob"], golden["blob_prob"])
+
+
 # ---- what cannot be exported ----------------------------------------------------------
 
 @pytest.mark.parametrize("case, message", [
