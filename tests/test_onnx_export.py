@@ -31,7 +31,7 @@ LAYER_CASES = [
     "conv_dilated", "conv_k11_s4", "conv_k3_p1_group2", "conv_k5_p2_group2", "conv_rect_nobias",
     "crop", "deconv_group2", "deconv_s2", "dropout_test_phase", "eltwise_max", "eltwise_prod",
     "eltwise_sum_coeff", "elu", "exp_base2", "flatten", "ip_axis2", "ip_from_4d", "ip_transpose",
-    "log", "lrn_across_alexnet", "lrn_across_k2_strong", "lrn_across_size3", "lrn_within",
+    "log", "lrn_across_alexnet", "lrn_across_k2_strong", "lrn_across_size3", "lrn_within", "mvn",
     "pool_ave_k3_s2_ceil", "pool_ave_k3_s2_pad1", "pool_global_ave", "pool_global_max",
     "pool_max_k2_s2_pad1", "pool_max_k3_s2_even", "pool_max_k3_s2_odd", "pool_rect", "power",
     "prelu", "prelu_shared", "relu", "relu_leaky", "reshape", "scale_bias", "scale_two_bottoms",
@@ -151,6 +151,20 @@ def test_golden_layer2(case):
                                   "pool_ave_k3_s2_ceil", "lrn_within"])
 def test_oldest_opset(case):
     _golden_case("layers", case, opset=13)
+
+
+@pytest.mark.parametrize("across", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_mvn_settings_with_dynamic_batch(tmp_path, across, normalize):
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n'
+                    f'layer {{ name: "m" type: "MVN" bottom: "x" top: "y" mvn_param {{ eps: 0.01 '
+                    f'across_channels: {str(across).lower()} normalize_variance: {str(normalize).lower()} }} }}\n')
+    net = build_net(str(path))
+    model = to_onnx(net, dynamic_batch=True)
+    for batch in (2, 3):
+        feeds = random_inputs(net, seed=batch, batch=batch)
+        assert_outputs_match(run_onnx(model, feeds), run_protocaffe(net, feeds), "MVN")
 
 
 # ---- nets users bring ---------------------------------------------------------------

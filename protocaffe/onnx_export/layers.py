@@ -275,6 +275,22 @@ def batch_norm(g, layer, xs, shapes):
     return [g.node("BatchNormalization", xs + inputs, name, epsilon=layer.eps)]
 
 
+@exports("MVN")
+def mvn(g, layer, xs, shapes):
+    """x - mean, and with ``normalize_variance`` divided by (std + eps), Caffe's eps on the
+    standard deviation. Means over each item's channel (or whole item, ``across_channels``):
+    GlobalAveragePool of the values laid out as (N, C, H W) (or (N, 1, C H W))."""
+    shape, name = shapes[0], layer.name
+    rows = (shape[0], 1) if layer.across else tuple(shape[:2])
+    flat = _reshape(g, layer, xs[0], rows + (math.prod(shape) // math.prod(rows),), True)
+    y = g.node("Sub", [flat, g.node("GlobalAveragePool", [flat], name)], name)
+    if layer.normalize:
+        var = g.node("GlobalAveragePool", [g.node("Mul", [y, y], name)], name)
+        std = g.node("Add", [g.node("Sqrt", [var], name), g.const(layer.eps, f"{name}/eps")], name)
+        y = g.node("Div", [y, std], name)
+    return [_reshape(g, layer, y, shape, True)]
+
+
 def _blob(g, layer, tensor, ndim, what):
     """A Scale/Bias blob over axes axis .. axis + tensor.dim(), shaped to broadcast over ndim axes."""
     shape = tuple(tensor.shape) + _trailing(tensor.dim(), layer.axis, ndim)
