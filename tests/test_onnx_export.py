@@ -167,6 +167,24 @@ def test_mvn_settings_with_dynamic_batch(tmp_path, across, normalize):
         assert_outputs_match(run_onnx(model, feeds), run_protocaffe(net, feeds), "MVN")
 
 
+def test_split_tops_and_in_place_layers_keep_caffe_blob_names(tmp_path):
+    """Two outputs holding one value, an input that is also an output, a blob rewritten in place."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(
+        'layer { name: "x" type: "Input" top: "x" top: "z" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "s" type: "Split" bottom: "x" top: "a" top: "b" }\n'
+        'layer { name: "p" type: "Power" bottom: "a" top: "a" power_param { scale: 2 shift: 1 power: 2 } }\n'
+        'layer { name: "t" type: "Split" bottom: "a" top: "c" top: "d" }\n')
+    net = build_net(str(path))
+    model = to_onnx(net)
+    assert [o.name for o in model.graph.output] == ["b", "c", "d", "z"]
+    feeds = random_inputs(net)
+    got = run_onnx(model, feeds)
+    assert_close(got["b"], feeds["x"])
+    assert_close(got["c"], (2 * feeds["x"] + 1) ** 2)
+    assert_outputs_match(got, run_protocaffe(net, feeds), "split")
+
+
 # ---- nets users bring ---------------------------------------------------------------
 
 @pytest.mark.parametrize("name", TOPOLOGIES)
