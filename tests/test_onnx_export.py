@@ -157,9 +157,10 @@ def test_oldest_opset(case):
 @pytest.mark.parametrize("normalize", [False, True])
 def test_mvn_settings_with_dynamic_batch(tmp_path, across, normalize):
     path = tmp_path / "net.prototxt"
-    path.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n'
-                    f'layer {{ name: "m" type: "MVN" bottom: "x" top: "y" mvn_param {{ eps: 0.01 '
-                    f'across_channels: {str(across).lower()} normalize_variance: {str(normalize).lower()} }} }}\n')
+    path.write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n'
+        f'layer {{ name: "m" type: "MVN" bottom: "x" top: "y" mvn_param {{ eps: 0.01 '
+        f'across_channels: {str(across).lower()} normalize_variance: {str(normalize).lower()} }} }}\n')
     net = build_net(str(path))
     model = to_onnx(net, dynamic_batch=True)
     for batch in (2, 3):
@@ -267,9 +268,10 @@ def test_unexportable_layer_is_named(case, message):
 
 def test_stochastic_pooling_is_refused(tmp_path):
     path = tmp_path / "net.prototxt"
-    path.write_text('layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
-                    'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
-                    'pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }\n')
+    path.write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+        'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+        'pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 } }\n')
     with pytest.raises(CaffeError, match=r"layer 'p' \(type Pooling\): STOCHASTIC pooling"):
         to_onnx(build_net(str(path)))
 
@@ -296,7 +298,8 @@ def test_missing_onnx_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     for name in [m for m in sys.modules if m.startswith("protocaffe.onnx_export")]:
         monkeypatch.delitem(sys.modules, name)
-    with pytest.raises(CaffeError, match=r"^ONNX export needs the onnx package: pip install -e '\.\[onnx\]'$"):
+    one_line = r"^ONNX export needs the onnx package: pip install -e '\.\[onnx\]'$"
+    with pytest.raises(CaffeError, match=one_line):
         protocaffe.export_onnx(None, "unused.onnx")
 
 

@@ -271,7 +271,8 @@ def batch_norm(g, layer, xs, shapes):
     factor = torch.where(sf == 0, torch.zeros_like(sf), 1 / sf)
     c, name = layer.mean.shape[0], layer.name
     inputs = [g.const(np.ones(c), f"{name}/scale"), g.const(np.zeros(c), f"{name}/bias"),
-              g.const(layer.mean * factor, f"{name}/mean"), g.const(layer.variance * factor, f"{name}/variance")]
+              g.const(layer.mean * factor, f"{name}/mean"),
+              g.const(layer.variance * factor, f"{name}/variance")]
     return [g.node("BatchNormalization", xs + inputs, name, epsilon=layer.eps)]
 
 
