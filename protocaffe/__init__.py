@@ -12,6 +12,7 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``Classifier``, ``Detector``: pycaffe's image classification and windowed detection
 - ``draw``: pycaffe's ``caffe.draw`` (nets as Graphviz pictures)
 - ``io``: pycaffe's ``caffe.io`` (Transformer, load_image, blob/Datum conversions)
+- ``export_onnx(net, path, ...)``: the net as an ONNX model (needs the ``onnx`` extra)
 """
 from protocaffe import draw, io
 from protocaffe.errors import CaffeError
@@ -36,4 +37,12 @@ __all__ = [
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
     "Layer", "draw", "io", "Classifier", "Detector", "Solver", "Timer", "has_nccl", "init_log",
     "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
+    "export_onnx",
 ]
+
+
+def export_onnx(net, path, **options):
+    """Write ``net`` as an ONNX model; see :func:`protocaffe.onnx_export.export_onnx` for the
+    options. onnx is imported only here, so the core package does not need it."""
+    from protocaffe.onnx_export import export_onnx as export
+    return export(net, path, **options)

@@ -21,6 +21,7 @@ COMMANDS = {
     "compute_image_mean": "protocaffe.data.compute_image_mean",
     "compute_pca": "protocaffe.data.pca",
     "make_shapes": "protocaffe.datasets.shapes",
+    "export_onnx": "protocaffe.commands.export_onnx",
     "upgrade_net_proto_text": "protocaffe.upgrade_tools",
     "upgrade_net_proto_binary": "protocaffe.upgrade_tools",
     "upgrade_solver_proto_text": "protocaffe.upgrade_tools",
