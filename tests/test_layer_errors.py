@@ -4,6 +4,7 @@ CaffeError naming the loss layer, the label and the class count, not an index er
 import pytest
 import torch
 
+from conftest import HAS_CUDA
 from protocaffe import net as netlib
 from protocaffe.errors import CaffeError
 from protocaffe.fileio import parse_text
@@ -85,6 +86,16 @@ def test_a_label_outside_the_classes_names_the_layer_value_and_class_count(layer
         net(**inputs)
     assert str(error.value) == (f"layer 'judge' (type {layer_type}): label {int(bad)} is outside "
                                 f"[0, 4): the prediction has 4 classes")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_a_bad_label_on_cuda_is_a_caffe_error_not_a_device_assert():
+    net = loss_net("SoftmaxWithLoss").to("cuda")
+    with pytest.raises(CaffeError, match="label 7 is outside"):
+        net(x=torch.rand(3, 4, device="cuda"), label=torch.tensor([0.0, 7.0, 3.0], device="cuda"))
+    loss = net(x=torch.zeros(3, 4, device="cuda"), label=torch.tensor([0.0, 1.0, 3.0], device="cuda"))
+    assert loss["out"].item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), rel=1e-6)
 
 
 def test_an_ignored_label_may_lie_outside_the_classes():
