@@ -91,12 +91,16 @@ def filter_net(param, state):
 
 @dataclass
 class Step:
-    """One layer of the plan: module key, bottom and top blob names, loss weight per top."""
+    """One layer of the plan: module key, bottom and top blob names, loss weight per top, and
+    the bottoms (by index) that get no gradient from this layer (``propagate_down: false``),
+    and whether the layer runs backward at all (Caffe's layer_need_backward)."""
     key: str
     bottoms: tuple
     tops: tuple
     loss_weights: tuple
     is_input: bool
+    no_backward: tuple = ()
+    backward: bool = True
 
 
 @dataclass
@@ -126,6 +130,27 @@ def _loss_weights(layer_param, cls):
         raise CaffeError(f"layer '{layer_param.name}': loss_weight must be given once per top "
                          f"({n}), found {len(weights)}")
     return tuple(weights)
+
+
+def _no_backward(layer_param, force_backward):
+    """Bottom indices with ``propagate_down: false``; none under the net's ``force_backward``,
+    which overrides propagate_down in Caffe (label bottoms get no gradient either way)."""
+    flags = list(layer_param.propagate_down)
+    if flags and len(flags) != len(layer_param.bottom):
+        raise CaffeError(f"layer '{layer_param.name}': propagate_down must be given once per bottom "
+                         f"({len(layer_param.bottom)}) or not at all, found {len(flags)}")
+    return () if force_backward else tuple(i for i, down in enumerate(flags) if not down)
+
+
+def _mark_backward(plan, force_backward):
+    """Caffe's rule: without ``force_backward`` a layer runs backward only when one of its tops
+    is a loss or feeds (by blob name) a layer that does; walked from the last layer back."""
+    under_loss = set()
+    for step in reversed(plan):
+        step.backward = force_backward or any(w or t in under_loss
+                                              for t, w in zip(step.tops, step.loss_weights))
+        if step.backward:
+            under_loss.update(step.bottoms)
 
 
 def _shapes_match(a, b, mode):
@@ -160,6 +185,7 @@ class CaffeNet(nn.Module):
         self.input_names = []
         self.learnable = []
         self._build()
+        _mark_backward(self.plan, self.param.force_backward)
         self.output_names = self._outputs()
         self.keep_all_blobs = True
         self._release = self._last_uses()
@@ -183,7 +209,8 @@ class CaffeNet(nn.Module):
             is_input = lp.type == "Input"
             if is_input:
                 self.input_names.extend(lp.top)
-            self.plan.append(Step(key, tuple(lp.bottom), tuple(lp.top), _loss_weights(lp, cls), is_input))
+            self.plan.append(Step(key, tuple(lp.bottom), tuple(lp.top), _loss_weights(lp, cls), is_input,
+                                  _no_backward(lp, self.param.force_backward)))
             self._register_params(layer, lp, owners)
 
     def _register_params(self, layer, lp, owners):
@@ -259,7 +286,7 @@ class CaffeNet(nn.Module):
             if not step.bottoms and all(t in inputs for t in step.tops):
                 out = tuple(inputs[t] for t in step.tops)
             else:
-                out = layer(*[blobs[b] for b in step.bottoms])
+                out = self._run_step(step, layer, [blobs[b] for b in step.bottoms])
             if isinstance(out, torch.Tensor):
                 out = (out,)
             blobs.update(zip(step.tops, out))
@@ -270,6 +297,17 @@ class CaffeNet(nn.Module):
                 for name in self._release[i]:
                     blobs.pop(name, None)
         return blobs, first
+
+    @staticmethod
+    def _run_step(step, layer, bottoms):
+        """One layer; no gradient into its ``propagate_down: false`` bottoms, and none through a
+        layer that needs no backward: its tops are cut from the graph (a diff set on them stays
+        there), keeping whether they require grad."""
+        out = layer(*[b.detach() if i in step.no_backward else b for i, b in enumerate(bottoms)])
+        if step.backward:
+            return out
+        out = (out,) if isinstance(out, torch.Tensor) else out
+        return tuple(t.detach().requires_grad_(t.requires_grad) for t in out)
 
     def loss(self, blobs):
         """Caffe's net loss: the sum over tops of loss_weight * sum(top)."""

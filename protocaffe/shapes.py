@@ -14,17 +14,19 @@ def deconv_out(size, kernel, stride, pad, dilation=1):
     return stride * (size - 1) + extent - 2 * pad
 
 
-def pool_out(size, kernel, stride, pad, ceil=True):
+def pool_out(size, kernel, stride, pad, ceil=True, *, padded=None):
     """Pooling output size as Caffe computes it.
 
     ``ceil((size + 2 pad - kernel) / stride) + 1`` (``floor`` for round_mode
-    FLOOR); then, when there is padding and the last window would start at or
-    past ``size + pad`` (entirely in the padding), that window is dropped.
+    FLOOR); then, when the layer is ``padded`` (a non-zero pad on either axis,
+    Caffe's ``pad_h || pad_w``; by default this axis's ``pad``) and the last
+    window would start at or past ``size + pad``, that window is dropped. The
+    rule applies to an unpadded axis too when the other one is padded.
     PyTorch's ``ceil_mode`` drops a window starting in the right padding too,
     but not by this rule in every case, so protocaffe pads explicitly.
     """
     span = size + 2 * pad - kernel
     out = (math.ceil(span / stride) if ceil else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if (pad > 0 if padded is None else padded) and (out - 1) * stride >= size + pad:
         out -= 1
     return out

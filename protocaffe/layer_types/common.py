@@ -9,6 +9,13 @@ EltwiseOp = caffe_pb2.EltwiseParameter
 ReductionOp = caffe_pb2.ReductionParameter
 
 
+def _one_axis(layer, p, legacy):
+    """Caffe refuses ``axis`` together with the legacy ``concat_dim``/``slice_dim``."""
+    if p.HasField("axis") and p.HasField(legacy):
+        raise layer.error(f"give axis or {legacy}, not both; found axis: {p.axis} and "
+                          f"{legacy}: {getattr(p, legacy)}")
+
+
 @register
 class Concat(Layer):
     """Joins bottoms along ``axis`` (legacy ``concat_dim`` if set); other axes must agree."""
@@ -17,6 +24,7 @@ class Concat(Layer):
 
     def setup(self, bottom_shapes):
         p = self.param.concat_param
+        _one_axis(self, p, "concat_dim")
         axis = p.concat_dim if p.HasField("concat_dim") else p.axis
         first = bottom_shapes[0]
         self.axis = canonical_axis(axis, len(first), self)
@@ -39,7 +47,8 @@ class Concat(Layer):
 class Eltwise(Layer):
     """Elementwise PROD, SUM (with one ``coeff`` per bottom) or MAX of same-shape bottoms.
 
-    MAX sends the gradient to the first bottom holding the maximum, as Caffe does.
+    MAX picks as Caffe does, and sends the gradient to the bottom it picked: between bottoms
+    0 and 1 a tie goes to bottom 1; each later bottom takes over only where strictly greater.
     """
     type = "Eltwise"
     num_bottoms = (2, None)
@@ -69,7 +78,17 @@ class Eltwise(Layer):
             for x in xs[1:]:
                 out = out * x
             return out
-        return torch.stack(xs).max(dim=0).values
+        return self._max(xs)
+
+    @staticmethod
+    def _max(xs):
+        with torch.no_grad():
+            best = torch.where(xs[0] > xs[1], 0, 1)
+            value = torch.maximum(xs[0], xs[1])
+            for i, x in enumerate(xs[2:], 2):
+                best = torch.where(x > value, i, best)
+                value = torch.maximum(value, x)
+        return torch.stack(xs).gather(0, best.unsqueeze(0)).squeeze(0)
 
 
 @register
@@ -135,6 +154,7 @@ class Slice(Layer):
 
     def setup(self, bottom_shapes):
         p = self.param.slice_param
+        _one_axis(self, p, "slice_dim")
         axis = p.slice_dim if p.HasField("slice_dim") else p.axis
         shape = bottom_shapes[0]
         self.axis = canonical_axis(axis, len(shape), self)

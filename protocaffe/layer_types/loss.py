@@ -2,7 +2,10 @@
 
 A loss layer's first top is a 0-axis scalar and weighs 1 in the net's loss
 unless ``loss_weight`` says otherwise. Labels arrive as floats holding class
-indices (truncated to int, as Caffe casts them) and get no gradient. Where a
+indices (truncated to int, as Caffe casts them) and get no gradient; a class label
+outside [0, classes) that is not ``ignore_label`` is a CaffeError naming the layer, the
+value and the class count (checked every batch: one small reduction and one
+device-to-host sync; Caffe only DCHECKs this). Where a
 loss offers the softmax probabilities as a second top, they carry no gradient
 either: Caffe's backward ignores any diff that reaches them.
 """
@@ -47,6 +50,16 @@ def _ignore_label(loss_param):
 
 def _valid(lab, ignore):
     return torch.ones_like(lab, dtype=torch.bool) if ignore is None else lab != ignore
+
+
+def _check_labels(layer, lab, valid, classes):
+    """A CaffeError naming the layer, the first label outside [0, classes) that is not
+    ignored, and the class count. Costs one reduction and one device-to-host sync per
+    batch, instead of a failed gather (a device-side assert on CUDA)."""
+    bad = valid & ((lab < 0) | (lab >= classes))
+    if bad.any():
+        raise layer.error(f"label {int(lab[bad][0])} is outside [0, {classes}): the prediction "
+                          f"has {classes} classes")
 
 
 def _floored_log(logp, floor):
@@ -123,7 +136,8 @@ class SoftmaxWithLoss(_SoftmaxLoss):
     The class axis is ``softmax_param.axis``. Sum over positions of -log(max(p[label], FLT_MIN)),
     positions with ``ignore_label`` skipped, divided per ``normalization`` (legacy ``normalize``
     true = VALID, false = BATCH_SIZE). The gradient is p - onehot even where the log is
-    floored, as in Caffe.
+    floored, as in Caffe. A label outside [0, C) that is not ignored is a CaffeError, checked
+    on the host once per batch (one reduction and one device-to-host sync).
     """
     type = "SoftmaxWithLoss"
 
@@ -137,6 +151,7 @@ class SoftmaxWithLoss(_SoftmaxLoss):
         logp = F.log_softmax(x, dim=self.axis)
         lab = _labels(label).reshape(-1)
         valid = _valid(lab, self.ignore)
+        _check_labels(self, lab, valid, x.shape[self.axis])
         picked = _per_position(logp, self.axis).gather(1, torch.where(valid, lab, 0)[:, None])[:, 0]
         return self._tops(-(_floored_log(picked, FLT_MIN) * valid).sum(), x, logp, valid)
 
@@ -183,6 +198,7 @@ class InfogainLoss(_SoftmaxLoss):
         logp = F.log_softmax(x, dim=self.axis)
         lab = _labels(label).reshape(-1)
         valid = _valid(lab, self.ignore)
+        _check_labels(self, lab, valid, k)
         rows = h[torch.where(valid, lab, 0)]
         per = -(rows * _floored_log(_per_position(logp, self.axis), LOG_THRESHOLD)).sum(1)
         return self._tops((per * valid).sum(), x, logp, valid)
@@ -217,7 +233,9 @@ class HingeLoss(_Loss):
 
     def forward(self, x, label):
         x2 = x.reshape(x.shape[0], -1)
-        sign = torch.full_like(x2, -1.0).scatter(1, _labels(label).reshape(-1, 1), 1.0)
+        lab = _labels(label).reshape(-1, 1)
+        _check_labels(self, lab, _valid(lab, None), x2.shape[1])
+        sign = torch.full_like(x2, -1.0).scatter(1, lab, 1.0)
         margin = F.relu(1 - sign * x2)
         if self.param.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
             margin = margin * margin
@@ -268,7 +286,10 @@ class MultinomialLogisticLoss(_Loss):
             raise self.error(f"needs one label per item, found label shape {bottom_shapes[1]}")
 
     def forward(self, p, label):
-        picked = p.reshape(p.shape[0], -1).gather(1, _labels(label).reshape(-1, 1))
+        p2 = p.reshape(p.shape[0], -1)
+        lab = _labels(label).reshape(-1, 1)
+        _check_labels(self, lab, _valid(lab, None), p2.shape[1])
+        picked = p2.gather(1, lab)
         floored = picked + (picked.clamp(min=LOG_THRESHOLD) - picked).detach()
         return -torch.log(floored).sum() / p.shape[0]
 
@@ -336,6 +357,7 @@ class Accuracy(Layer):
         scores = _per_position(x, self.axis)
         lab = _labels(label).reshape(-1)
         valid = _valid(lab, self.ignore)
+        _check_labels(self, lab, valid, classes)
         safe = torch.where(valid, lab, 0)
         at_least = (scores >= scores.gather(1, safe[:, None])).sum(1) - 1
         correct = (at_least < self.param.accuracy_param.top_k) & valid

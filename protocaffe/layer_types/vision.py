@@ -7,17 +7,22 @@ from protocaffe.proto import caffe_pb2
 from protocaffe.shapes import conv_out, deconv_out, pool_out
 
 
-def _pair(p, repeated, single_h, single_w, fallback):
-    """Caffe's two ways to give a 2-d size: a repeated field (one value or one per axis) or
-    the _h/_w pair. With neither, ``fallback`` (Caffe's built-in 0 pad, 1 stride/dilation)."""
-    if single_h and p.HasField(single_h):
+def _conv_dims(layer, p, repeated, single_h=None, single_w=None, fallback=None):
+    """Caffe's two ways to give a 2-d size: a repeated field (once, or once per axis) or the
+    _h/_w pair, never both. With neither, ``fallback`` (Caffe's built-in 0 pad, 1
+    stride/dilation); None means the size is required."""
+    values = list(getattr(p, repeated))
+    if single_h and (p.HasField(single_h) or p.HasField(single_w)):
+        if values:
+            raise layer.error(f"give {repeated} or {single_h}/{single_w}, not both; found "
+                              f"{repeated}: {values}")
         return int(getattr(p, single_h)), int(getattr(p, single_w))
-    values = list(getattr(p, repeated)) if repeated else []
-    if len(values) == 1:
-        return int(values[0]), int(values[0])
-    if len(values) == 2:
-        return int(values[0]), int(values[1])
-    return fallback, fallback
+    if len(values) in (1, 2):
+        return int(values[0]), int(values[-1])
+    if not values and fallback is not None:
+        return fallback, fallback
+    raise layer.error(f"{repeated} must be given once or once per spatial axis (2), found "
+                      f"{len(values)} values {values}")
 
 
 def _add_bias(layer, p):
@@ -36,17 +41,26 @@ class _ConvBase(Layer):
         p = self.param.convolution_param
         if canonical_axis(p.axis, len(bottom_shapes[0]), self) != 1 or len(bottom_shapes[0]) != 4:
             raise self.error(f"supports 4-axis (N, C, H, W) input with axis 1, found shape {bottom_shapes[0]}")
-        if not (len(p.kernel_size) or p.HasField("kernel_h")):
-            raise self.error("needs kernel_size, or kernel_h and kernel_w")
-        self.kernel = _pair(p, "kernel_size", "kernel_h", "kernel_w", None)
-        self.stride = _pair(p, "stride", "stride_h", "stride_w", 1)
-        self.pad = _pair(p, "pad", "pad_h", "pad_w", 0)
-        self.dilation = _pair(p, "dilation", None, None, 1)
+        self.kernel = _conv_dims(self, p, "kernel_size", "kernel_h", "kernel_w")
+        self.stride = _conv_dims(self, p, "stride", "stride_h", "stride_w", 1)
+        self.pad = _conv_dims(self, p, "pad", "pad_h", "pad_w", 0)
+        self.dilation = _conv_dims(self, p, "dilation", fallback=1)
+        for what, dims in (("kernel size", self.kernel), ("stride", self.stride),
+                           ("dilation", self.dilation)):
+            if 0 in dims:
+                raise self.error(f"{what} must be positive, found {dims}")
+        if p.num_output == 0:
+            raise self.error("num_output must be positive, found 0")
         self.group = p.group
         channels = bottom_shapes[0][1]
         if channels % self.group or p.num_output % self.group:
             raise self.error(f"channels ({channels}) and num_output ({p.num_output}) must be "
                              f"divisible by group ({self.group})")
+        out = self.top_shapes(bottom_shapes)[0][2:]
+        if min(out) <= 0:
+            raise self.error(f"kernel {self.kernel} (dilation {self.dilation}, pad {self.pad}, "
+                             f"stride {self.stride}) does not fit the input size "
+                             f"{tuple(bottom_shapes[0][2:])}: output size {out}")
         self.add_blob("weight", self.weight_shape(channels, p.num_output), p.weight_filler)
         _add_bias(self, p)
 
@@ -90,16 +104,37 @@ class Deconvolution(_ConvBase):
                                   self.dilation)
 
 
+PoolMethod = caffe_pb2.PoolingParameter
+
+
+def _pool_field_pair(layer, p, single, h, w):
+    """Pooling's ``single`` OR its ``h``/``w`` pair, given both or neither (Caffe's LayerSetUp rule)."""
+    if p.HasField(h) or p.HasField(w):
+        if p.HasField(single) or not (p.HasField(h) and p.HasField(w)):
+            raise layer.error(f"give {single} OR both {h} and {w}, found "
+                              + ", ".join(f"{f}: {getattr(p, f)}" for f in (single, h, w) if p.HasField(f)))
+        return int(getattr(p, h)), int(getattr(p, w))
+    return int(getattr(p, single)), int(getattr(p, single))
+
+
 @register
 class Pooling(Layer):
-    """MAX or AVE pooling, (N, C, H, W) -> (N, C, H', W') with Caffe's output size.
+    """MAX, AVE or STOCHASTIC pooling, (N, C, H, W) -> (N, C, H', W') with Caffe's output size.
 
-    H' = ceil((H + 2 pad - k) / stride) + 1 (floor for round_mode FLOOR), less one when
-    the last window would start in the padding. Where Caffe differs from PyTorch:
-    the last window may run past the padded input (it is clipped, not dropped); MAX
-    never takes a padded value; AVE divides by the window clipped to H + pad, so
-    padding counts but the overhang beyond it does not. Implemented by padding
-    explicitly (-inf or 0) and dividing by a precomputed window-size map.
+    H' = ceil((H + 2 pad - k) / stride) + 1 (floor for round_mode FLOOR); when either axis
+    is padded, a last window starting in the padding is dropped, on both axes (see
+    :func:`protocaffe.shapes.pool_out`). Where Caffe differs from PyTorch: the last window
+    may run past the padded input (it is clipped, not dropped); MAX never takes a padded
+    value; AVE divides by the window clipped to H + pad, so padding counts but the overhang
+    beyond it does not. Implemented by padding explicitly (-inf or 0) and dividing by a
+    precomputed window-size map.
+
+    STOCHASTIC (no padding; activations assumed non-negative): in TRAIN each window outputs
+    one of its values, drawn with probability proportional to the value (uniform draws from
+    the net's generator), and the gradient goes to that position only; in TEST it outputs
+    sum(x^2) / sum(x) over the window, 0 where the sum is not positive. BVLC Caffe has this
+    on the GPU only; the TEST output gets autograd's gradient of that formula, where Caffe
+    has no TEST backward.
     """
     type = "Pooling"
 
@@ -108,31 +143,56 @@ class Pooling(Layer):
         if len(bottom_shapes[0]) != 4:
             raise self.error(f"needs a 4-axis (N, C, H, W) input, found shape {bottom_shapes[0]}")
         self.method = p.pool
-        if self.method == caffe_pb2.PoolingParameter.STOCHASTIC:
-            raise self.error("STOCHASTIC pooling is not supported; use MAX or AVE")
         self.global_pooling = p.global_pooling
-        self.pad = _pair(p, None, "pad_h", "pad_w", p.pad)
-        self.stride = _pair(p, None, "stride_h", "stride_w", p.stride)
+        self.pad = _pool_field_pair(self, p, "pad", "pad_h", "pad_w")
+        self.stride = _pool_field_pair(self, p, "stride", "stride_h", "stride_w")
+        self.kernel = self._read_kernel(p)
+        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            raise self.error(f"global_pooling allows only pad 0 and stride 1, found pad {self.pad}, "
+                             f"stride {self.stride}")
+        if 0 in self.stride:
+            raise self.error(f"stride must be positive, found {self.stride}")
+        if any(self.pad):
+            if self.method == PoolMethod.STOCHASTIC:
+                raise self.error(f"padding works with MAX and AVE only, found pad {self.pad} "
+                                 "with STOCHASTIC")
+            if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
+                raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
+        self.ceil = p.round_mode == PoolMethod.CEIL
+        self._divisors = {}
+        self._check_out(bottom_shapes[0])
+
+    def _read_kernel(self, p):
+        given = [f for f in ("kernel_size", "kernel_h", "kernel_w") if p.HasField(f)]
         if self.global_pooling:
-            self.pad, self.stride = (0, 0), (1, 1)
-        elif p.HasField("kernel_h"):
-            self.kernel = (p.kernel_h, p.kernel_w)
+            if given:
+                raise self.error(f"global_pooling takes its kernel from the input; found {given[0]}: "
+                                 f"{getattr(p, given[0])}")
+            return None
+        if p.HasField("kernel_h") or p.HasField("kernel_w"):
+            kernel = _pool_field_pair(self, p, "kernel_size", "kernel_h", "kernel_w")
         elif p.HasField("kernel_size"):
-            self.kernel = (p.kernel_size, p.kernel_size)
+            kernel = (p.kernel_size, p.kernel_size)
         else:
             raise self.error("needs kernel_size (or kernel_h and kernel_w) or global_pooling")
-        if not self.global_pooling and any(pd >= k for pd, k in zip(self.pad, self.kernel)):
-            raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
-        self.ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL
-        self._divisors = {}
+        if 0 in kernel:
+            raise self.error(f"kernel size must be positive, found {kernel}")
+        return kernel
+
+    def _check_out(self, shape):
+        h, w = shape[2:]
+        out = self._out(h, w)
+        if min(out) <= 0:
+            raise self.error(f"kernel {self._kernel(h, w)} with pad {self.pad} and stride "
+                             f"{self.stride} does not fit the input size {(h, w)}: output size {out}")
 
     def _kernel(self, h, w):
         return (h, w) if self.global_pooling else self.kernel
 
     def _out(self, h, w):
-        k = self._kernel(h, w)
-        return tuple(pool_out(s, kk, st, pd, self.ceil) for s, kk, st, pd in
-                     zip((h, w), k, self.stride, self.pad))
+        padded = any(self.pad)
+        return tuple(pool_out(s, kk, st, pd, self.ceil, padded=padded) for s, kk, st, pd in
+                     zip((h, w), self._kernel(h, w), self.stride, self.pad))
 
     def top_shapes(self, bottom_shapes):
         n, c, h, w = bottom_shapes[0]
@@ -150,21 +210,38 @@ class Pooling(Layer):
             self._divisors[key] = (sizes[0][:, None] * sizes[1][None, :]).to(device)
         return self._divisors[key]
 
+    def _padded(self, x, value):
+        """x padded by ``pad`` on each side plus, at the end, the overhang of the last window."""
+        h, w = x.shape[2:]
+        extra = [max(0, (o - 1) * st + k - (s + 2 * pd)) for o, st, k, s, pd in
+                 zip(self._out(h, w), self.stride, self._kernel(h, w), (h, w), self.pad)]
+        pads = (self.pad[1], self.pad[1] + extra[1], self.pad[0], self.pad[0] + extra[0])
+        return F.pad(x, pads, value=value) if any(pads) else x
+
     def forward(self, x):
         h, w = x.shape[2:]
         k = self._kernel(h, w)
-        out = self._out(h, w)
-        extra = [max(0, (o - 1) * st + kk - (s + pd)) for o, st, kk, s, pd in
-                 zip(out, self.stride, k, (h, w), self.pad)]
-        pads = (self.pad[1], self.pad[1] + extra[1], self.pad[0], self.pad[0] + extra[0])
-        if self.method == caffe_pb2.PoolingParameter.MAX:
-            if any(pads):
-                x = F.pad(x, pads, value=float("-inf"))
-            return F.max_pool2d(x, k, self.stride)
-        if any(pads):
-            x = F.pad(x, pads)
-        sums = F.avg_pool2d(x, k, self.stride, divisor_override=1)
-        return sums / self._divisor(h, w, x.device)
+        if self.method == PoolMethod.MAX:
+            return F.max_pool2d(self._padded(x, float("-inf")), k, self.stride)
+        if self.method == PoolMethod.AVE:
+            sums = F.avg_pool2d(self._padded(x, 0.0), k, self.stride, divisor_override=1)
+            return sums / self._divisor(h, w, x.device)
+        return self._stochastic(x, k)
+
+    def _stochastic(self, x, k):
+        # (N, C, H', W', kh kw): each window's values in Caffe's order, zeros where clipped
+        windows = self._padded(x, 0.0).unfold(2, k[0], self.stride[0]).unfold(3, k[1], self.stride[1])
+        windows = windows.flatten(-2)
+        if self.phase == caffe_pb2.TRAIN:
+            cumsum = windows.detach().cumsum(-1)
+            draw = torch.rand(windows.shape[:-1] + (1,), generator=self.ctx.generator)
+            threshold = draw.to(device=x.device, dtype=x.dtype) * cumsum[..., -1:]
+            # the first position whose running sum reaches the threshold, as Caffe's kernel
+            index = (cumsum >= threshold).int().argmax(-1, keepdim=True)
+            return windows.gather(-1, index).squeeze(-1)
+        total = windows.sum(-1)
+        positive = total > 0
+        return torch.where(positive, (windows * windows).sum(-1) / torch.where(positive, total, 1.0), 0.0)
 
 
 @register
