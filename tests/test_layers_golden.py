@@ -10,29 +10,19 @@ and their values after the forward; ``diff_<blob>`` the gradient reaching an inn
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
 from conftest import GOLDEN, HAS_CUDA, assert_close
 from protocaffe import net as netlib
-from protocaffe.layer_types import LAYERS
 from protocaffe.proto import caffe_pb2
 
 NOT_LAYER_CASES = {"hdf5_data"}
 """layers2 cases in another format, tested with the data layers."""
 
 
-def _types_registered(folder):
-    net = text_format.Parse((folder / "net.prototxt").read_text(), caffe_pb2.NetParameter())
-    return all(layer.type in LAYERS for layer in net.layer)
-
-
 def _cases():
     cases = [f"layers/{p.name}" for p in sorted((GOLDEN / "layers").iterdir())]
-    # Only the cases whose layer types are all registered: other branches add the rest
-    # (LSTM/RNN/LSTMUnit, Python, SPP, Filter, BatchReindex). The lead removes this
-    # filter at merge, so that every layers2 case runs.
     cases += [f"layers2/{p.name}" for p in sorted((GOLDEN / "layers2").iterdir())
-              if p.name not in NOT_LAYER_CASES and _types_registered(p)]
+              if p.name not in NOT_LAYER_CASES]
     return cases
 
 

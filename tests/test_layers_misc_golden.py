@@ -19,9 +19,11 @@ from protocaffe.proto import caffe_pb2
 L2 = GOLDEN / "layers2"
 
 
-def golden_net(case):
+def golden_net(case, force_backward=False):
     folder = L2 / case
-    return netlib.build_net(str(folder / "net.prototxt"), weights=str(folder / "weights.caffemodel"), seed=1), \
+    param = netlib.read_net_param(folder / "net.prototxt")
+    param.force_backward |= force_backward
+    return netlib.build_net(param, weights=str(folder / "weights.caffemodel"), seed=1), \
         np.load(folder / "io.npz")
 
 
@@ -101,8 +103,12 @@ def scale_grad(diff, x):
 
 
 def run_indexing_case(case):
-    """Forward against Caffe; backward of the tested layer from tdiff_out through pre_x."""
-    net, io_ = golden_net(case)
+    """Forward against Caffe; backward of the tested layer from tdiff_out through pre_x.
+
+    Caffe's fixture holds zero diffs (no loss and force_backward off: its Net runs no
+    backward, which test_layers_golden checks), so this runs with force_backward on and the
+    reference is Caffe's Backward_cpu worked by hand."""
+    net, io_ = golden_net(case, force_backward=True)
     inputs = {k[3:]: torch.from_numpy(io_[k]) for k in io_.files if k.startswith("in_")}
     first = {}
     blobs, _ = net.run(inputs, first)
@@ -114,8 +120,6 @@ def run_indexing_case(case):
 
 
 def test_filter_golden():
-    # Caffe's fixture holds zero diffs: with no loss and force_backward off its Net skips the
-    # backward of every layer, so the reference here is Caffe's Backward_cpu worked by hand.
     io_, diff, gpre = run_indexing_case("filter")
     x, sel, tdiff = io_["in_x"], io_["in_sel"], io_["tdiff_out"]
     want = np.zeros_like(x)

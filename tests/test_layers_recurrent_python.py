@@ -234,7 +234,7 @@ def test_user_errors_name_the_layer_and_keep_the_users_exception(tmp_path, monke
             def backward(self, top, propagate_down, bottom):
                 raise ValueError("no gradient today")
     """)
-    net = python_net("faulty", "Faulty")
+    net = python_net("faulty", "Faulty", extra="loss_weight: 1")  # a loss, so backward runs
     out = net(x=torch.ones(2, 3, requires_grad=True))["y"]
     with pytest.raises(PythonLayerError, match=r"layer 'test'.*module 'faulty'.*backward.*no gradient") as info:
         out.sum().backward()

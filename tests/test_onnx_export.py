@@ -37,7 +37,8 @@ LAYER_CASES = [
     "prelu", "prelu_shared", "relu", "relu_leaky", "reshape", "scale_bias", "scale_two_bottoms",
     "sigmoid", "slice_points", "softmax", "softmax_axis2", "tanh", "threshold", "tile",
 ]
-LAYER2_CASES = ["eltwise_max_ties", "pool_ave_k3_s1_p1", "pool_ave_pad_w_only", "pool_max_k3_s1_p1"]
+LAYER2_CASES = ["eltwise_max_ties", "pool_ave_k3_s1_p1", "pool_ave_pad_w_only", "pool_max_k3_s1_p1",
+                "pool_max_pad_h_only"]
 
 
 def run_onnx(model, feeds):
@@ -91,18 +92,8 @@ def random_inputs(net, seed=0, batch=None):
     return {n: rng.randn(*((batch,) + s[1:] if batch else s)).astype(np.float32) for n, s in shapes.items()}
 
 
-def _pooling_forward_keeps_its_shape():
-    """Whether protocaffe's 3x3/s1/p1 pooling forward gives the size its top_shapes promise."""
-    net = build_net(str(GOLDEN / "layers2" / "pool_max_k3_s1_p1" / "net.prototxt"))
-    x = torch.zeros(net.blob_shapes["x"])
-    return tuple(net(x=x)["out"].shape) == net.blob_shapes["out"]
-
-
 def topology(name):
-    """A net of tests/data/onnx with random weights. The GoogLeNet net needs protocaffe's
-    3x3/s1/p1 pooling forward (fixed on the fidelity branch): until then it is an expected failure."""
-    if name == "googlenet_inception" and not _pooling_forward_keeps_its_shape():
-        pytest.xfail("protocaffe's 3x3/s1/p1 pooling forward is fixed on the fidelity branch")
+    """A net of tests/data/onnx with random weights."""
     return randomize(build_net(str(DATA / "onnx" / f"{name}.prototxt")))
 
 

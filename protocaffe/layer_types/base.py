@@ -69,6 +69,8 @@ class Layer(nn.Module):
     blob_names = ()
     #: a loss layer: its first top gets loss_weight 1 unless the prototxt says otherwise
     is_loss = False
+    #: the tops' first axis depends on the data (Filter): top_shapes gives an upper bound
+    batch_from_data = False
 
     def __init__(self, param, bottom_shapes, ctx=None):
         super().__init__()

@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 
 from protocaffe.layer_types.base import Layer, canonical_axis, register
-from protocaffe.layer_types.vision import _pair
+from protocaffe.layer_types.vision import _conv_dims
 from protocaffe.shapes import conv_out
 
 
@@ -22,12 +22,10 @@ class Im2col(Layer):
         shape = bottom_shapes[0]
         if canonical_axis(p.axis, len(shape), self) != 1 or len(shape) != 4:
             raise self.error(f"supports 4-axis (N, C, H, W) input with axis 1, found shape {shape}")
-        if not (len(p.kernel_size) or p.HasField("kernel_h")):
-            raise self.error("needs kernel_size, or kernel_h and kernel_w")
-        self.kernel = _pair(p, "kernel_size", "kernel_h", "kernel_w", None)
-        self.stride = _pair(p, "stride", "stride_h", "stride_w", 1)
-        self.pad = _pair(p, "pad", "pad_h", "pad_w", 0)
-        self.dilation = _pair(p, "dilation", None, None, 1)
+        self.kernel = _conv_dims(self, p, "kernel_size", "kernel_h", "kernel_w")
+        self.stride = _conv_dims(self, p, "stride", "stride_h", "stride_w", 1)
+        self.pad = _conv_dims(self, p, "pad", "pad_h", "pad_w", 0)
+        self.dilation = _conv_dims(self, p, "dilation", fallback=1)
         if min(self.kernel) <= 0 or min(self.stride) <= 0:
             raise self.error(f"kernel {self.kernel} and stride {self.stride} must be positive")
 

@@ -14,6 +14,7 @@ class Filter(Layer):
     to the selected items (zero for the others); the selector gets none.
     """
     type = "Filter"
+    batch_from_data = True
     num_bottoms = (2, None)
     num_tops = (1, None)
 

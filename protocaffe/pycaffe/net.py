@@ -173,24 +173,27 @@ class Net:
             if i not in self._records:
                 continue
             step, (bottoms, tops) = self.module.plan[i], self._records[i]
+            if not step.backward:  # Caffe skips layers that feed no loss (without force_backward)
+                continue
+            down = [b.requires_grad and j not in step.no_backward for j, b in enumerate(bottoms)]
             params = [p for p in self.layers[i]._module.blobs if p.requires_grad]
             pairs = [(t, self.blobs[n]._tensor("diff")) for n, t in zip(step.tops, tops) if t.requires_grad]
-            leaves = [b for b in bottoms if b.requires_grad] + params
+            leaves = [b for b, d in zip(bottoms, down) if d] + params
             if not pairs or not leaves:
                 continue
             self._call("before_backward", i)
             grads = torch.autograd.grad([t for t, _ in pairs], leaves,
                                         [d.reshape(t.shape) for t, d in pairs],
                                         retain_graph=True, allow_unused=True)
-            self._store_diffs(step, bottoms, grads, params, written)
+            self._store_diffs(step, bottoms, down, grads, params, written)
             self._call("after_backward", i)
         self._params_changed()
 
-    def _store_diffs(self, step, bottoms, grads, params, written):
-        """Bottom diffs: set, summed over consumers (Caffe's split layers), overwritten in place."""
+    def _store_diffs(self, step, bottoms, down, grads, params, written):
+        """Bottom diffs (where ``down``): set, summed over consumers (Caffe's split layers)."""
         it = iter(grads)
-        for name, leaf in zip(step.bottoms, bottoms):
-            if not leaf.requires_grad:
+        for name, leaf, wanted in zip(step.bottoms, bottoms, down):
+            if not wanted:
                 continue
             g = next(it)
             g = torch.zeros_like(leaf) if g is None else g
