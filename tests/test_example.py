@@ -52,7 +52,7 @@ def test_make_shapes_refuses_to_overwrite(shapes, capsys):
 
 def readme_figure():
     """The validation accuracy the README promises for the example, as a fraction."""
-    found = re.search(r"ending above (\d+)% validation accuracy", (ROOT / "README.md").read_text())
+    found = re.search(r"ending\s+above\s+(\d+)%\s+validation\s+accuracy", (ROOT / "README.md").read_text())
     assert found, "the README states the example's figure"
     return int(found[1]) / 100
 
