@@ -5,11 +5,15 @@ import subprocess
 import sys
 
 import pytest
+from tqdm import tqdm
 
 from conftest import GOLDEN, HAS_CUDA
 
 ROOT = GOLDEN.parents[2]
+from protocaffe import log as logs, net as netlib
 from protocaffe.cli import COMMANDS, main
+from protocaffe.proto import caffe_pb2
+from protocaffe.solver import read_solver_param
 
 # the regular expressions of Caffe's tools/extra/parse_log.py
 PARSE_LOG = {
@@ -282,3 +286,39 @@ def test_train_log_has_caffes_net_lines_and_ignored_layers(golden_cwd, tmp_path,
     ours = messages(capsys.readouterr().err)
     theirs = messages((GOLDEN / "solver" / "sgd_step_caffenet" / "caffe.log").read_text())
     assert ours == theirs
+
+
+def test_weights_layers_missing_from_the_net_are_ignored_as_caffe_logs(golden_cwd, tmp_path, capsys):
+    """CopyTrainedLayersFrom: each source layer the net lacks gets `Ignoring source layer`, in file order."""
+    weights = caffe_pb2.NetParameter()
+    weights.ParseFromString((GOLDEN / "solver" / "init_mini_caffenet.caffemodel").read_bytes())
+    extra = weights.layer.add(name="fc9", type="InnerProduct")
+    extra.blobs.add(data=[0.5, 0.5]).shape.dim.extend([1, 2])
+    (tmp_path / "w.caffemodel").write_bytes(weights.SerializeToString())
+    assert main(["test", "--model", "solver/mini_caffenet.prototxt", "--weights", str(tmp_path / "w.caffemodel"),
+                 "--iterations", "1"]) == 0
+    ignored = [m for m in messages(capsys.readouterr().err) if m.startswith("Ignoring")]
+    net_layers = {l.name for l in netlib.filter_net(netlib.read_net_param("solver/mini_caffenet.prototxt"),
+                                                     caffe_pb2.NetState(phase=caffe_pb2.TEST)).layer}
+    expected = [f"Ignoring source layer {l.name}" for l in weights.layer if l.name not in net_layers]
+    assert ignored == expected and ignored[-1] == "Ignoring source layer fc9"
+
+
+def test_log_lines_never_land_on_a_progress_bar(capsys):
+    """With a bar on the terminal, a log line is written between a cleared bar and its redraw."""
+    logs.setup()
+    with tqdm(total=3, desc="bar", disable=False, file=sys.stderr) as bar:
+        bar.update(1)
+        logs.LOGGER.info("a line of the log")
+    segments = re.split(r"[\r\n]", capsys.readouterr().err)
+    assert any(PARSE_LOG["glog"].match(s) and s.endswith("] a line of the log") for s in segments)
+
+
+def test_unset_policy_fields_are_warned_of(tmp_path, capsys):
+    logs.setup()
+    path = tmp_path / "s.prototxt"
+    path.write_text('net: "n.prototxt"\nbase_lr: 0.1\nlr_policy: "inv"\ngamma: 0.001\n')
+    read_solver_param(path)
+    err = capsys.readouterr().err
+    assert f'{path}: lr_policy "inv" reads power, which is not set (Caffe uses 0)' in err
+    assert re.search(r"^W\d{4} ", err, re.M) and "reads gamma" not in err
