@@ -1,7 +1,7 @@
 """``protocaffe test --model M --weights W [--iterations 50] [--gpu N] [--oversample] [--ensemble B,C]``
 
-Caffe's ``caffe test``: runs the net in the TEST phase for the given number of
-batches, logs every output per batch, then each output averaged over the batches.
+Caffe's ``caffe test``: runs the net in the TEST phase (or ``--phase TRAIN``) for the
+given number of batches, logs every output per batch, then each output averaged over the batches.
 ``--oversample`` (ten crops) and ``--ensemble`` (more weights of the same net) are
 the AlexNet paper's test-time methods; see protocaffe/evaluate.py.
 """
