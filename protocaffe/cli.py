@@ -1,14 +1,20 @@
 """``protocaffe COMMAND [flags]``: Caffe's command-line tools under one entry point.
 
 Each command lives in its own module as ``run(argv) -> int``; this file only
-dispatches, and turns a :class:`CaffeError` into one line on stderr and exit
-code 1 (no traceback). Flags follow Caffe's gflags spellings: ``-solver x``,
-``--solver x`` and ``--solver=x`` all work.
+dispatches and guards. Flags follow Caffe's gflags spellings: ``-solver x``,
+``--solver x`` and ``--solver=x`` all work. Global flags, accepted anywhere:
+``--help``, ``--version`` and ``--debug`` (show the traceback of any failure).
+
+The guard: a :class:`CaffeError` becomes one line ``protocaffe CMD: error: ...``
+and exit 1; any other exception (a bug in protocaffe) becomes one line naming it
+with a hint to rerun with ``--debug``, also exit 1.
 """
 import importlib
+import os
 import sys
+import traceback
 
-from protocaffe.errors import CaffeError
+from protocaffe.errors import CaffeError, did_you_mean
 
 COMMANDS = {
     # caffe's own subcommands
@@ -33,29 +39,105 @@ COMMANDS = {
     "extract_features": "protocaffe.commands.extract_features",
 }
 
-USAGE = "usage: protocaffe <command> [args]\n\ncommands:\n" + "".join(
-    f"  {name}\n" for name in COMMANDS)
+# one line per command for ``protocaffe --help`` (a command missing here shows its module's first line)
+DESCRIPTIONS = {
+    "train": "train or finetune a model from a solver (Caffe's caffe train)",
+    "test": "score a model on its test data (caffe test)",
+    "time": "benchmark each layer's forward and backward (caffe time)",
+    "device_query": "show the CPU and CUDA devices, or one GPU's details (caffe device_query)",
+    "convert_imageset": "convert a list of images and labels into an LMDB of Datum records",
+    "compute_image_mean": "compute the mean image of an LMDB into a .binaryproto",
+    "compute_pca": "compute the colour PCA of an LMDB (AlexNet's lighting augmentation)",
+    "make_shapes": "draw the built-in shapes dataset (examples/shapes)",
+    "upgrade_net_proto_text": "upgrade a V0/V1 net prototxt to the current format",
+    "upgrade_net_proto_binary": "upgrade a V0/V1 .caffemodel to the current format",
+    "upgrade_solver_proto_text": "upgrade a solver prototxt (solver_type -> type)",
+}
+
+GLOBAL_FLAGS = ("--debug", "-debug")
+
+# data that an example builds in a step of its own: a missing file there gets the step as a hint
+DATA_STEPS = {"examples/shapes/data": "bash examples/shapes/train.sh builds it first "
+                                      "(its data step: protocaffe make_shapes --out examples/shapes/data)"}
+
+
+def _description(name):
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    doc = importlib.import_module(COMMANDS[name]).__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def usage():
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {_description(name)}" for name in COMMANDS]
+    return ("usage: protocaffe <command> [flags]   (protocaffe <command> --help for its flags)\n\n"
+            "commands:\n" + "\n".join(lines) + "\n\nglobal flags:\n"
+            "  --help     this message\n  --version  protocaffe's version\n"
+            "  --debug    show the full traceback of any failure\n")
+
+
+def version():
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("protocaffe")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+    debug = any(a in GLOBAL_FLAGS for a in argv)
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
+    if not argv or argv[0] in ("-h", "--help", "-help", "help"):
+        if len(argv) > 1 and argv[0] == "help":
+            return main(argv[1:2] + ["--help"])
+        print(usage(), end="")
         return 0 if argv else 2
+    if argv[0] in ("--version", "-version"):
+        print(f"protocaffe {version()}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"protocaffe: unknown command '{name}'\n{USAGE}", end="", file=sys.stderr)
+        print(f"protocaffe: error: unknown command '{name}'{did_you_mean(name, COMMANDS)}; "
+              "'protocaffe --help' lists the commands", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name])
-    run = getattr(module, "run_" + name, None) or module.run
+    return _guarded(name, rest, debug)
+
+
+def _guarded(name, rest, debug):
+    """Run one command; every failure ends as one line on stderr (with ``debug``, the traceback too)."""
     try:
+        module = importlib.import_module(COMMANDS[name])
+        run = getattr(module, "run_" + name, None) or module.run
         return run(rest) or 0
-    except CaffeError as e:
-        print(f"protocaffe {name}: error: {e}", file=sys.stderr)
-        return 1
+    except SystemExit as e:  # --help, or argparse's own exit
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print(f"protocaffe {name}: interrupted", file=sys.stderr)
         return 130
+    except CaffeError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"protocaffe {name}: error: {_one_line(e)}{_data_hint(str(e))}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug in protocaffe: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"protocaffe {name}: internal error: {type(e).__name__}: {_one_line(e)} "
+              f"(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def _data_hint(message):
+    for folder, step in DATA_STEPS.items():
+        if folder in message and not os.path.isdir(folder):
+            return f"; {folder} is missing: {step}"
+    return ""
+
+
+def _one_line(error):
+    return " ".join(str(error).splitlines())
 
 
 if __name__ == "__main__":

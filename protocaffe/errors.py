@@ -6,7 +6,19 @@ that names the file, line or layer, what was expected and what was found. The
 command line prints that message on one line and exits non-zero; anything
 else that escapes is a bug in protocaffe and keeps its traceback.
 """
+import difflib
 
 
 class CaffeError(Exception):
     """A user-facing error: the message is complete and needs no traceback."""
+
+
+def did_you_mean(word, choices):
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to ``word``, or ''.
+
+    A match ignoring case wins (``Relu`` -> ``ReLU``); otherwise difflib's closest.
+    """
+    lower = {c.lower(): c for c in choices}
+    close = [lower[word.lower()]] if word.lower() in lower else \
+        difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

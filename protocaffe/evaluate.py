@@ -3,13 +3,14 @@
 Ten crops: the four corners and the centre of each uncropped image, and their
 mirrors; the softmax outputs of the ten are averaged. Ensembles: the averaged
 softmax outputs of several trained nets of one definition are averaged again.
-Accuracy and loss are then computed from the averaged probabilities.
+Accuracy and loss are then computed from the averaged probabilities by the net's own
+Accuracy and SoftmaxWithLoss layers, so their rules (ties, top_k, ignore_label) hold.
 """
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from protocaffe.errors import CaffeError
+from protocaffe.layer_types.loss import FLT_MIN
 from protocaffe.net import CaffeNet
 from protocaffe.proto import caffe_pb2
 
@@ -104,19 +105,21 @@ def score_averaged(nets, iterations, oversample):
                 p = F.softmax(logits, dim=1).reshape(images.shape[0], repeat, -1).mean(1)
                 probs = p if probs is None else probs + p
             probs = probs / len(nets)
-            for name, value in _report(heads, probs, labels.long()).items():
+            for name, value in score_heads(heads, probs, labels.long()).items():
                 sums[name] = sums.get(name, 0.0) + value
     return {name: v / iterations for name, v in sums.items()}
 
 
-def _report(heads, probs, labels):
-    true = probs.gather(1, labels[:, None])
+def score_heads(heads, probs, labels):
+    """{top: value} of each Accuracy / SoftmaxWithLoss layer run on averaged probabilities (N, K).
+
+    Each layer computes by its own rules: Accuracy on the probabilities (top_k, ties counted
+    against the label as Caffe's ``>=``, ignore_label skipped), SoftmaxWithLoss on their log
+    (softmax(log p) = p; ignore_label and normalization as in the layer).
+    """
+    logs = torch.log(probs.clamp(min=FLT_MIN))
     out = {}
     for layer in heads:
-        top = layer.param.top[0]
-        if layer.type == "Accuracy":
-            better = (probs > true).sum(1)
-            out[top] = float((better < layer.param.accuracy_param.top_k).float().mean())
-        else:
-            out[top] = float(-torch.log(true.clamp(min=np.finfo(np.float32).tiny)).mean())
+        result = layer(probs if layer.type == "Accuracy" else logs, labels)
+        out[layer.param.top[0]] = float(result[0] if isinstance(result, tuple) else result)
     return out

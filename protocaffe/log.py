@@ -12,6 +12,8 @@ import socket
 import sys
 import time
 
+from tqdm import tqdm
+
 LOGGER = logging.getLogger("protocaffe")
 _LEVELS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
            logging.CRITICAL: "F"}
@@ -28,7 +30,8 @@ class GlogFormatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (it may be replaced, as test runners do)."""
+    """Writes to whatever sys.stderr is at the time (it may be replaced, as test runners do),
+    through tqdm.write: active progress bars are cleared, the line written, the bars redrawn."""
 
     def __init__(self):
         super().__init__(sys.stderr)
@@ -40,6 +43,12 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's own policy: report through handleError, never raise
+            self.handleError(record)
 
 
 def setup(log_dir=None, program="protocaffe"):

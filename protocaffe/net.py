@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protocaffe import fileio
+from protocaffe import fileio, netlog
 from protocaffe.errors import CaffeError
 from protocaffe.data import hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.layer_types import BuildContext, layer_class
@@ -189,6 +189,7 @@ class CaffeNet(nn.Module):
         self.output_names = self._outputs()
         self.keep_all_blobs = True
         self._release = self._last_uses()
+        netlog.log_net(self)
 
     def _build(self):
         shapes = self.blob_shapes
@@ -342,6 +343,7 @@ class CaffeNet(nn.Module):
 
     def copy_from_param(self, source, where="<weights>"):
         by_name = self.layer_by_name()
+        netlog.log_ignored(source, by_name)
         for src in source.layer:
             layer = by_name.get(src.name)
             if layer is None or not len(src.blobs):

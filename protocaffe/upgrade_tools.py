@@ -6,17 +6,24 @@ As in Caffe, a file already in the latest format is written out unchanged
 nothing: the error names the file and layer, and the command exits 1.
 """
 from protocaffe import fileio
-from protocaffe.errors import CaffeError
+from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, setup
 from protocaffe.proto import caffe_pb2
 from protocaffe.upgrade import net_needs_upgrade, solver_needs_type_upgrade, upgrade_net, upgrade_solver
 
 
+_WHAT = {"upgrade_net_proto_text": "a net prototxt (V0/V1 layers, old fields)",
+         "upgrade_net_proto_binary": "a binary net (.caffemodel, V0/V1 layers)",
+         "upgrade_solver_proto_text": "a solver prototxt (solver_type -> type)"}
+
+
 def _paths(name, argv):
-    if len(argv) != 2 or any(a.startswith("-") for a in argv):
-        raise CaffeError(f"usage: protocaffe {name} IN OUT (given: {' '.join(argv) or 'no arguments'})")
+    f = Flags(name, f"Upgrade {_WHAT[name]} to the current format.",
+              [("IN", "the file to upgrade"), ("OUT", "where to write the upgraded file")],
+              usage="%(prog)s IN OUT")
+    args = f.parse(argv)
     setup()
-    return argv
+    return args.IN, args.OUT
 
 
 def _upgrade_file(src, dst, message_type, binary, needs, upgrade):

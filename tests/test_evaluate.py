@@ -6,7 +6,7 @@ import torch
 from conftest import GOLDEN as G
 from protocaffe.cli import main
 from protocaffe.data.db import Cursor, decode_datum
-from protocaffe.evaluate import predict, score_averaged, ten_crops
+from protocaffe.evaluate import _heads, predict, score_averaged, score_heads, ten_crops
 from protocaffe.fileio import read_mean
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
@@ -105,3 +105,32 @@ def test_predict_on_a_deploy_net():
     crops = ten_crops(big, 227)
     by_crop = net(data=crops)["prob"].detach()
     np.testing.assert_allclose(probs.numpy(), by_crop.mean(0, keepdim=True).numpy(), rtol=1e-5)
+
+
+HEADS = """
+layer { name: "in" type: "Input" top: "p" top: "label"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+layer { name: "acc" type: "Accuracy" bottom: "p" bottom: "label" top: "accuracy"
+        accuracy_param { ignore_label: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "p" bottom: "label" top: "loss"
+        loss_param { ignore_label: 2 } }
+"""
+
+
+def test_averaged_scores_follow_caffes_accuracy_ties_and_ignore_label(tmp_path):
+    (tmp_path / "heads.prototxt").write_text(HEADS)
+    heads = _heads(build_net(str(tmp_path / "heads.prototxt"), caffe_pb2.TEST))
+    probs = torch.tensor([[0.4, 0.4, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.1, 0.1, 0.8]])
+    labels = torch.tensor([1, 0, 1, 2])
+    got = score_heads(heads, probs, labels)
+    # row 0 ties with class 0 and counts as wrong (Caffe's >=); row 3 carries the ignored label
+    assert got["accuracy"] == pytest.approx(1 / 3)
+    assert got["loss"] == pytest.approx(-(np.log(0.4) + np.log(0.5) + np.log(0.3)) / 3, rel=1e-6)
+
+
+def test_cli_test_honours_phase(tiny, capsys):
+    model, weights = tiny
+    assert main(["test", "--model", model, "--weights", weights[0], "--phase", "TRAIN", "--iterations", "1"]) == 0
+    assert "phase: TRAIN" in capsys.readouterr().err
+    assert main(["test", "--model", model, "--weights", weights[0], "--phase", "train"]) == 1
+    assert "--phase must be TRAIN or TEST; found 'train'" in capsys.readouterr().err

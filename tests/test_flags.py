@@ -34,3 +34,19 @@ def test_bad_flags_are_caffe_errors():
         parser().parse(["--size", "big", "R", "D"])
     with pytest.raises(CaffeError, match="unrecognized arguments"):
         parser().parse(["R", "D", "--what"])
+
+
+def test_gflags_noflag_forms_and_defaults_in_help():
+    assert parser().parse(["-nogray", "R", "D"]).gray is False
+    f = Flags("demo", "demo")
+    f.flag("gray", True, "a boolean")
+    assert f.parse(["-nogray"]).gray is False and f.parse(["--nogray"]).gray is False
+    assert f.parse([]).gray is True
+    text = " ".join(parser().parser.format_help().split())
+    assert "a boolean (default: false)" in text and "a number (default: 0)" in text
+    assert 'a string (default: "")' in text
+
+
+def test_no_abbreviations_and_a_suggestion():
+    with pytest.raises(CaffeError, match=r"unrecognized arguments: --siz .*\(did you mean '--size'\?\)"):
+        parser().parse(["--siz", "3", "R", "D"])

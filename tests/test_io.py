@@ -5,6 +5,7 @@ import os
 import lmdb
 import numpy as np
 import pytest
+from google.protobuf.unknown_fields import UnknownFieldSet as unknown_fields_of
 
 from conftest import GOLDEN
 from protocaffe import fileio
@@ -23,6 +24,42 @@ def test_golden_binaries_load_and_reserialize_byte_identically(path):
     msg = fileio.read_binary(path, TYPES[path.suffix])
     assert msg.ByteSize() == path.stat().st_size
     assert msg.SerializeToString() == path.read_bytes()
+
+
+def unknown_fields(msg, where="root"):
+    """Where in ``msg`` (recursively over sub-messages) protobuf kept fields the schema lacks."""
+    found = [where] if len(unknown_fields_of(msg)) else []
+    for field, value in msg.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        items = value if field.is_repeated else [value]
+        for i, item in enumerate(items):
+            found += unknown_fields(item, f"{where}.{field.name}[{i}]")
+    return found
+
+
+@pytest.mark.parametrize("path", BINARIES, ids=lambda p: str(p.relative_to(GOLDEN)))
+def test_golden_binaries_parse_with_no_unknown_field(path):
+    """Protobuf keeps what the schema lacks, so a round trip alone passes for any schema."""
+    assert unknown_fields(fileio.read_binary(path, TYPES[path.suffix])) == []
+
+
+def test_unknown_field_check_finds_a_field_outside_the_schema():
+    blob = caffe_pb2.BlobProto(data=[1.0]).SerializeToString() + bytes([0xF8, 0x3E, 0x01])  # field 999 = 1
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="x").blobs.add().ParseFromString(blob)
+    assert unknown_fields(net) == ["root.layer[0].blobs[0]"]
+
+
+def test_golden_lmdb_datums_parse_with_no_unknown_field():
+    for name in ("train_lmdb", "train_lmdb_enc"):
+        env = lmdb.open(str(GOLDEN / "data" / name), readonly=True, lock=False)
+        with env.begin() as txn:
+            for _, raw in txn.cursor():
+                datum = caffe_pb2.Datum()
+                datum.ParseFromString(raw)
+                assert unknown_fields(datum) == []
+        env.close()
 
 
 def test_every_kind_of_golden_binary_is_covered():

@@ -81,13 +81,20 @@ def test_model_zoo_definitions_compile(model):
     else:
         assert order.index("pool1") < order.index("norm1")
         assert shapes["norm1"] == (10, 96, 27, 27)
-    conv2 = deploy.layer_by_name()["conv2"]
-    assert tuple(conv2.weight.shape) == (256, 48, 5, 5)
+    assert tuple(deploy.layer_by_name()["conv2"].weight.shape) == (256, 48, 5, 5)
+    # BVLC's deploy files carry no fillers; train_val's (its TEST net, data fed as an input) do
+    train_val = netlib.read_net_param(str(folder / "train_val.prototxt"))
+    assert "filler" not in (folder / "deploy.prototxt").read_text()
+    param = netlib.filter_net(train_val, netlib.net_state(train_val, protocaffe.TEST))
+    data = param.layer[0]
+    data.type = "Input"
+    data.input_param.shape.add(dim=[10, 3, 227, 227])
+    data.input_param.shape.add(dim=[10])
+    trained = netlib.CaffeNet(param, seed=1).layer_by_name()
     bias = 0.1 if model == "bvlc_alexnet" else 1.0
-    assert torch.all(conv2.bias == bias)
-    assert torch.all(deploy.layer_by_name()["conv3"].bias == 0)
-    std = deploy.layer_by_name()["fc6"].weight.std().item()
-    assert abs(std - 0.005) < 0.0002
+    assert torch.all(trained["conv2"].bias == bias)
+    assert torch.all(trained["conv3"].bias == 0)
+    assert abs(trained["fc6"].weight.std().item() - 0.005) < 0.0002
     solver = (folder / "solver.prototxt").read_text()
     for line in ('base_lr: 0.01', 'lr_policy: "step"', 'gamma: 0.1', 'stepsize: 100000',
                  'max_iter: 450000', 'momentum: 0.9', 'weight_decay: 0.0005', 'snapshot: 10000'):

@@ -1,6 +1,8 @@
 """Flags and helpers shared by Caffe's subcommands."""
 import torch
 
+from protocaffe.proto import caffe_pb2
+
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
 
@@ -48,3 +50,12 @@ def add_net_flags(f, iterations=50):
 
 def stages(args):
     return [s for s in args.stage.split(",") if s]
+
+
+def phase(args, default):
+    """Caffe's get_phase_from_flags: --phase TRAIN or TEST, ``default`` when not given."""
+    if not args.phase:
+        return default
+    if args.phase not in ("TRAIN", "TEST"):
+        raise CaffeError(f"--phase must be TRAIN or TEST; found '{args.phase}'")
+    return caffe_pb2.Phase.Value(args.phase)

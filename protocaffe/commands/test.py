@@ -1,7 +1,7 @@
 """``protocaffe test --model M --weights W [--iterations 50] [--gpu N] [--oversample] [--ensemble B,C]``
 
-Caffe's ``caffe test``: runs the net in the TEST phase for the given number of
-batches, logs every output per batch, then each output averaged over the batches.
+Caffe's ``caffe test``: runs the net in the TEST phase (or ``--phase TRAIN``) for the
+given number of batches, logs every output per batch, then each output averaged over the batches.
 ``--oversample`` (ten crops) and ``--ensemble`` (more weights of the same net) are
 the AlexNet paper's test-time methods; see protocaffe/evaluate.py.
 """
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from protocaffe import log as logs
-from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, stages
+from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, phase, stages
 from protocaffe.errors import CaffeError
 from protocaffe.evaluate import score_averaged
 from protocaffe.flags import Flags
@@ -45,7 +45,7 @@ def run(argv):
     if not args.weights:
         raise CaffeError("need model weights to score: --weights <file.caffemodel>")
     device = device_for(parse_gpu(args.gpu))
-    net = build_net(args.model, caffe_pb2.TEST, level=args.level, stages=stages(args),
+    net = build_net(args.model, phase(args, caffe_pb2.TEST), level=args.level, stages=stages(args),
                     weights=args.weights, device=device)
     log.info("Running for %d iterations.", args.iterations)
     if args.oversample or args.ensemble:
@@ -63,7 +63,7 @@ def run(argv):
 
 
 def _run_averaged(args, net, device):
-    members = [net] + [build_net(args.model, caffe_pb2.TEST, level=args.level, stages=stages(args),
+    members = [net] + [build_net(args.model, net.phase, level=args.level, stages=stages(args),
                                  weights=w, device=device) for w in args.ensemble.split(",") if w]
     log.info("Averaging the softmax of %d net(s)%s", len(members),
              " over ten crops of each image" if args.oversample else "")

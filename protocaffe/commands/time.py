@@ -9,7 +9,7 @@ import time
 import torch
 
 from protocaffe import log as logs
-from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, stages
+from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, phase, stages
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, g
@@ -75,8 +75,7 @@ def run(argv):
     if not args.model:
         raise CaffeError("need a model definition to time: --model <file>")
     device = device_for(parse_gpu(args.gpu))
-    phase = caffe_pb2.TEST if args.phase.upper() == "TEST" else caffe_pb2.TRAIN
-    net = build_net(args.model, phase, level=args.level, stages=stages(args),
+    net = build_net(args.model, phase(args, caffe_pb2.TRAIN), level=args.level, stages=stages(args),
                     weights=args.weights or None, device=device)
     fwd = {s.key: 0.0 for s in net.plan}
     bwd = {s.key: 0.0 for s in net.plan}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from protocaffe.errors import CaffeError
+from protocaffe.errors import CaffeError, did_you_mean
 from protocaffe.proto import caffe_pb2
 
 LAYERS = {}
@@ -41,7 +41,7 @@ def layer_class(layer_param):
         known = ", ".join(sorted(LAYERS))
         raise CaffeError(
             f"layer '{layer_param.name}' has type '{layer_param.type}', which protocaffe does not "
-            f"support; supported types: {known}")
+            f"support{did_you_mean(layer_param.type, LAYERS)}; supported types: {known}")
     return cls
 
 

@@ -5,6 +5,9 @@ Each takes (SolverParameter p, iteration it, multistep position step) and return
 """
 import math
 
+from protocaffe.errors import CaffeError
+from protocaffe.log import LOGGER
+
 
 def fixed(p, it, step):
     """base_lr"""
@@ -30,7 +33,6 @@ def multistep(p, it, step):
     """base_lr * gamma ^ step, where step advances by one each time it reaches the next stepvalue"""
     if step < len(p.stepvalue) and it >= p.stepvalue[step]:
         step += 1
-        from protocaffe.log import LOGGER
         LOGGER.info("MultiStep Status: Iteration %d, step = %d", it, step)
     return p.base_lr * math.pow(p.gamma, step), step
 
@@ -67,3 +69,26 @@ def plateau_observe(p, value, higher_is_better, best, wait, step):
 
 POLICIES = {"fixed": fixed, "step": step_, "exp": exp, "inv": inv, "multistep": multistep,
             "poly": poly, "sigmoid": sigmoid, "plateau": plateau}
+
+
+# what each policy reads besides base_lr (plateau is protocaffe's; its fields have defaults)
+READS = {"step": ("stepsize", "gamma"), "exp": ("gamma",), "inv": ("gamma", "power"),
+         "multistep": ("stepvalue", "gamma"), "poly": ("power", "max_iter"),
+         "sigmoid": ("stepsize", "gamma")}
+
+
+def check_policy(p, where, warn=True):
+    """Caffe's checks in GetLearningRate, made at construction: stepsize > 0 (step, sigmoid),
+    gamma >= 0. A field the policy reads but the file leaves unset (Caffe runs on with 0,
+    e.g. gamma 0 sets the rate to 0 after the first step) gets a warning."""
+    policy = p.lr_policy
+    reads = READS.get(policy, ())
+    if "stepsize" in reads and p.stepsize <= 0:
+        raise CaffeError(f'{where}: lr_policy "{policy}" needs stepsize > 0; found '
+                         f'{p.stepsize if p.HasField("stepsize") else "no stepsize"}')
+    if "gamma" in reads and p.gamma < 0:
+        raise CaffeError(f'{where}: lr_policy "{policy}" needs gamma >= 0; found {p.gamma}')
+    for field in reads if warn else ():
+        unset = not len(p.stepvalue) if field == "stepvalue" else not p.HasField(field)
+        if unset:
+            LOGGER.warning('%s: lr_policy "%s" reads %s, which is not set (Caffe uses 0)', where, policy, field)

@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 import torch
+from google.protobuf import unknown_fields
 
 from protocaffe import fileio
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
 from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
-from protocaffe.solver.policies import POLICIES, plateau_observe
+from protocaffe.solver.policies import POLICIES, check_policy, plateau_observe
 from protocaffe.solver.updates import HISTORY, RULES, regularize
 from protocaffe.upgrade import upgrade_net, upgrade_solver
 
@@ -30,8 +31,10 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
 def read_solver_param(path):
-    """Read a solver prototxt and upgrade it (solver_type -> type)."""
-    return upgrade_solver(fileio.read_text(path, caffe_pb2.SolverParameter), os.fspath(path))
+    """Read a solver prototxt, upgrade it (solver_type -> type) and check its lr policy's fields."""
+    param = upgrade_solver(fileio.read_text(path, caffe_pb2.SolverParameter), os.fspath(path))
+    check_policy(param, os.fspath(path))
+    return param
 
 
 def _state(phase, *merge):
@@ -96,6 +99,7 @@ class Solver:
             raise CaffeError(f"unknown solver type '{p.type}'; known: {', '.join(RULES)}")
         if p.lr_policy not in POLICIES:
             raise CaffeError(f"unknown lr_policy '{p.lr_policy}'; known: {', '.join(POLICIES)}")
+        check_policy(p, "the solver", warn=False)  # read_solver_param warns of unset fields
         if p.regularization_type not in ("L1", "L2"):
             raise CaffeError(f"unknown regularization_type '{p.regularization_type}'; use L1 or L2")
         self.rule = RULES[p.type]
@@ -330,6 +334,7 @@ class Solver:
     def restore(self, path):
         """Resume from a .solverstate (protocaffe's or Caffe's): iteration, weights, history."""
         state = fileio.read_binary(path, caffe_pb2.SolverState)
+        _check_is_solverstate(state, path)
         n, groups = len(self.history), len(self.history[0]) if self.history else 0
         if len(state.history) != n * groups:
             raise CaffeError(f"{path}: holds {len(state.history)} history blobs; this {self.param.type} "
@@ -364,6 +369,20 @@ class Solver:
             if effect not in ("stop", "snapshot", "none"):
                 raise CaffeError(f"signal effect must be stop, snapshot or none; found '{effect}'")
             signal.signal(sig, handler(effect))
+
+
+def _check_is_solverstate(state, path):
+    """A SolverState carries no field outside the schema; a .caffemodel read as one does."""
+    if not len(unknown_fields.UnknownFieldSet(state)):
+        return
+    try:
+        net = fileio.read_binary(path, caffe_pb2.NetParameter)
+    except CaffeError:
+        net = caffe_pb2.NetParameter()
+    if len(net.layer) or len(net.layers):
+        raise CaffeError(f"{path}: this is a .caffemodel (net weights, {len(net.layer) or len(net.layers)} "
+                         "layers), not a .solverstate; to start from these weights use --weights")
+    raise CaffeError(f"{path}: not a .solverstate (it holds fields a SolverState does not have)")
 
 
 def share_trained_layers(test_net, train_net):
