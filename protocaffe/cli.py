@@ -52,6 +52,12 @@ DESCRIPTIONS = {
     "upgrade_net_proto_text": "upgrade a V0/V1 net prototxt to the current format",
     "upgrade_net_proto_binary": "upgrade a V0/V1 .caffemodel to the current format",
     "upgrade_solver_proto_text": "upgrade a solver prototxt (solver_type -> type)",
+    "export_onnx": "write a net and its weights as an ONNX model (needs the onnx extra)",
+    "classify": "classify images with a trained net (pycaffe's python/classify.py)",
+    "draw_net": "draw a net as a picture through Graphviz (pycaffe's python/draw_net.py)",
+    "parse_log": "a training log as .train and .test tables (Caffe's tools/extra/parse_log.py)",
+    "plot_training_log": "chart a training log as a PNG (Caffe's tools/extra/plot_training_log.py)",
+    "extract_features": "write blobs of a net over its data to LMDBs (Caffe's extract_features)",
 }
 
 GLOBAL_FLAGS = ("--debug", "-debug")

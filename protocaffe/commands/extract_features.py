@@ -66,10 +66,10 @@ def _device(args):
 
 
 def run(argv):
-    if len(argv) < 6:
+    if len(argv) < 6 or argv[0] in ("-h", "--help", "-help"):
         print("usage: " + __doc__.splitlines()[0].strip("`").replace("``", ""))
         print("\n".join(__doc__.splitlines()[2:]))
-        return 2
+        return 0 if argv[:1] and argv[0] in ("-h", "--help", "-help") else 2
     logs.setup()
     weights, proto, blob_list, db_list, batches, db_type = argv[:6]
     blobs, dbs = blob_list.split(","), db_list.split(",")
