@@ -267,3 +267,136 @@ def test_protocaffe_train_with_a_python_euclidean_loss():
     assert run.returncode == 0, run.stderr
     losses = [float(v) for v in re.findall(r"Iteration \d+.*loss = (\S+)", run.stderr)]
     assert losses[0] > 1.0 and losses[-1] < 1e-3, losses
+
+
+# ---- Python layers with learnable blobs --------------------------------------------------------
+
+CHANNEL_SCALE = """
+    import caffe
+
+    class ChannelScale(caffe.Layer):
+        \"\"\"top = bottom * scale[c] for (N, C, H, W); scale is a learnable blob set to param_str.\"\"\"
+
+        def setup(self, bottom, top):
+            self.blobs.add_blob(bottom[0].channels)
+            self.blobs[0].data[...] = float(self.param_str)
+
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].shape)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = bottom[0].data * self.blobs[0].data[:, None, None]
+
+        def backward(self, top, propagate_down, bottom):
+            self.blobs[0].diff[...] += (top[0].diff * bottom[0].data).sum(axis=(0, 2, 3))
+            if propagate_down[0]:
+                bottom[0].diff[...] = top[0].diff * self.blobs[0].data[:, None, None]
+"""
+
+
+def channel_scale(name="py", param=""):
+    """A ChannelScale Python layer on x, its blob set to 1.5, top y_<name>."""
+    return (f'layer {{ name: "{name}" type: "Python" bottom: "x" top: "y_{name}" {param} '
+            f'python_param {{ module: "channel_scale" layer: "ChannelScale" param_str: "1.5" }} }}\n')
+
+
+def scale_layer(param=""):
+    """Caffe's Scale layer 'sc' on x (its scale blob filled with 1), top y_sc."""
+    return f'layer {{ name: "sc" type: "Scale" bottom: "x" top: "y_sc" {param} }}\n'
+
+
+SCALE_INPUT = ('layer { name: "in" type: "Input" top: "x" '
+               'input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n')
+
+
+@pytest.mark.parametrize("host_copies", [False, True], ids=["views", "host_copies"])
+def test_python_layer_blob_matches_the_scale_layer(tmp_path, monkeypatch, host_copies):
+    """host_copies: blobs synced through host copies, the path a GPU takes."""
+    write_module(tmp_path, monkeypatch, "channel_scale", CHANNEL_SCALE)
+    monkeypatch.setattr(protocaffe.Blob, "host_copies_on_cpu", host_copies)
+    text = SCALE_INPUT + channel_scale() + scale_layer()
+    net = netlib.build_net(text_format.Parse(text, caffe_pb2.NetParameter()))
+    py, sc = net.layer_by_name()["py"], net.layer_by_name()["sc"]
+    assert py.blob_names == ("blob0",) and py.blobs[0].tolist() == [1.5, 1.5, 1.5]  # setup wrote it
+    with torch.no_grad():
+        for layer in (py, sc):
+            layer.blobs[0].copy_(torch.tensor([0.5, -2.0, 3.0]))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, generator=g, requires_grad=True)
+    top_diff = torch.randn(2, 3, 4, 5, generator=g)
+    out = net(x=x)
+    assert_close(out["y_py"].detach(), out["y_sc"].detach(), what="forward")
+    gx_py, = torch.autograd.grad(out["y_py"], x, top_diff, retain_graph=True)
+    gx_sc, = torch.autograd.grad(out["y_sc"], x, top_diff)
+    assert_close(gx_py, gx_sc, what="bottom diff")
+    for _ in range(2):  # param diffs accumulate over passes, as Caffe's do until the solver clears them
+        out = net(x=x)
+        torch.autograd.backward([out["y_py"], out["y_sc"]], [top_diff, top_diff])
+    assert_close(py.blobs[0].grad, sc.blobs[0].grad, what="param diff")
+    assert_close(py.blobs[0].grad, 2 * (top_diff * x).detach().sum((0, 2, 3)), what="param diff by hand")
+
+
+def test_solver_trains_a_python_layer_blob_as_a_scale_layer(tmp_path, monkeypatch):
+    """Two nets alike but for the layer: the Python blob follows the Scale blob step by step
+    (lr_mult, decay_mult, momentum), towards the target scale 2, and the loss falls."""
+    write_module(tmp_path, monkeypatch, "channel_scale", CHANNEL_SCALE)
+    monkeypatch.chdir(tmp_path)
+    param = 'param { lr_mult: 2 decay_mult: 0.5 }'
+    data = ('layer { name: "data" type: "DummyData" top: "x" dummy_data_param { shape { dim: 4 dim: 3 '
+            'dim: 2 dim: 2 } data_filler { type: "gaussian" std: 1 } } }\n'
+            'layer { name: "target" type: "Power" bottom: "x" top: "t" power_param { scale: 2 } }\n')
+    solvers = {}
+    for name, layers in (("py", channel_scale(param=param)), ("sc", scale_layer(param))):
+        loss = f'layer {{ name: "loss" type: "EuclideanLoss" bottom: "y_{name}" bottom: "t" top: "loss" }}'
+        text = ('base_lr: 0.1 momentum: 0.5 weight_decay: 0.01 lr_policy: "fixed" max_iter: 30 random_seed: 3 '
+                f'solver_mode: CPU snapshot_after_train: false net_param {{ {data}{layers}{loss} }}')
+        solvers[name] = get_solver(text_format.Parse(text, caffe_pb2.SolverParameter()))
+    with torch.no_grad():
+        solvers["py"].net.layer_by_name()["py"].blobs[0].fill_(1.0)  # as Scale's default filler
+    losses = []
+    for solver in solvers.values():
+        solver.step(1)
+        losses.append(solver.smoothed_loss)
+        solver.step(29)
+        losses.append(solver.smoothed_loss)
+    py, sc = (s.net.layer_by_name()[n].blobs[0].detach() for n, s in solvers.items())
+    assert_close(py, sc, what="Python blob vs Scale blob after 30 iterations")
+    assert_close(losses[:2], losses[2:], what="losses")
+    assert (py - 2).abs().max() < 0.05 and losses[1] < 0.01 * losses[0], (py, losses)
+
+
+def test_python_layer_blobs_save_and_load_through_pycaffe(tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "channel_scale", CHANNEL_SCALE)
+    prototxt = tmp_path / "net.prototxt"
+    prototxt.write_text(SCALE_INPUT + channel_scale() + scale_layer())
+    net = protocaffe.Net(str(prototxt), protocaffe.TEST)
+    assert list(net.params) == ["py", "sc"]
+    net.params["py"][0].data[...] = [0.25, 4.0, -1.0]
+    net.save(str(tmp_path / "w.caffemodel"))
+    saved = caffe_pb2.NetParameter.FromString((tmp_path / "w.caffemodel").read_bytes())
+    blobs = {lp.name: lp.blobs for lp in saved.layer}
+    assert list(blobs["py"][0].shape.dim) == [3] and list(blobs["py"][0].data) == [0.25, 4.0, -1.0]
+    loaded = protocaffe.Net(str(prototxt), protocaffe.TEST)
+    assert loaded.params["py"][0].data.tolist() == [1.5, 1.5, 1.5]
+    loaded.copy_from(str(tmp_path / "w.caffemodel"))
+    loaded.params["sc"][0].data[...] = [0.25, 4.0, -1.0]
+    assert loaded.params["py"][0].data.tolist() == [0.25, 4.0, -1.0]
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    out = loaded.forward(x=x)
+    assert_close(out["y_py"], out["y_sc"], what="forward after copy_from")
+    loaded.backward(y_py=np.ones_like(x), y_sc=np.ones_like(x))
+    assert_close(loaded.params["py"][0].diff, loaded.params["sc"][0].diff, what="pycaffe param diff")
+    assert_close(loaded.params["py"][0].diff, x.sum((0, 2, 3)), what="pycaffe param diff by hand")
+
+
+def test_python_layers_share_a_blob_by_param_name(tmp_path, monkeypatch):
+    write_module(tmp_path, monkeypatch, "channel_scale", CHANNEL_SCALE)
+    shared = 'param { name: "s" }'
+    text = SCALE_INPUT + channel_scale("py", shared) + channel_scale("py2", shared)
+    net = netlib.build_net(text_format.Parse(text, caffe_pb2.NetParameter()))
+    layers = net.layer_by_name()
+    assert layers["py"].blobs[0] is layers["py2"].blobs[0] and len(net.learnable) == 1
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    out = net(x=x)
+    (out["y_py"].sum() + 2 * out["y_py2"].sum()).backward()
+    assert_close(layers["py"].blobs[0].grad, 3 * x.sum((0, 2, 3)), what="shared param diff")

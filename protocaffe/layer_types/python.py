@@ -10,15 +10,25 @@ writes the bottoms' diffs. Blobs are :class:`protocaffe.pycaffe.Blob` on the CPU
 (``.data``/``.diff`` numpy arrays writable in place, ``.reshape(*shape)``, ``.num``,
 ``.channels``, ``.height``, ``.width``, ``.count``, ``.shape``).
 
+Learnable blobs: ``self.blobs`` is pycaffe's BlobVec; ``self.blobs.add_blob(*shape)`` in
+``setup`` appends a zero-filled blob, which becomes the layer's parameter ``blob<i>`` in
+Caffe's ``blobs`` order (so ``param { lr_mult decay_mult }``, sharing by name, the solver,
+``net.params`` and .caffemodel files treat it as any layer's). Its ``.data`` is the
+parameter (a view on the CPU; a synced host copy on a device, written back after each
+call). In ``backward`` its ``.diff`` starts at zero and what the user writes there is
+added to the parameter's gradient, so ``diff[...] = g`` and ``diff[...] += g`` both
+accumulate as Caffe's own layers do (Caffe's ``=`` would overwrite a diff accumulated
+by ``iter_size`` or a shared parameter; here it cannot).
+
 Top shapes are found as Caffe finds them, by running setup and reshape at build time,
 here on zero-filled bottoms. Gradients flow through autograd around the user's
 backward. A Python layer has no default loss weight: a loss top needs ``loss_weight``.
-``share_in_parallel`` (deprecated in Caffe) is read and ignored; parameter blobs
-(pycaffe's ``self.blobs``) are not supported.
+``share_in_parallel`` (deprecated in Caffe) is read and ignored.
 
 A module that does ``import caffe`` gets protocaffe when no real pycaffe is
 importable; a real pycaffe is never shadowed.
 """
+import functools
 import importlib
 import importlib.abc
 import importlib.util
@@ -59,6 +69,44 @@ class Layer:
 class PythonLayerError(RuntimeError):
     """An exception raised by a user's Python layer code, re-raised naming the layer and
     module; the user's own exception is its ``__cause__``, traceback intact."""
+
+
+class BlobVec(list):
+    """pycaffe's ``self.blobs`` of a Python layer: a list of blobs with ``add_blob(*shape)``."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self._layer = layer
+
+    def add_blob(self, *shape):
+        """Append a zero-filled learnable blob of ``shape`` (call it in ``setup``)."""
+        self.append(self._layer.new_blob(shape))
+
+
+@functools.cache
+def _param_blob_class():
+    """The class of ``self.blobs``' items (defined on first use: pycaffe sits above the layers)."""
+    from protocaffe.pycaffe.blob import ParamBlob
+
+    class LayerBlob(ParamBlob):
+        """One of ``self.blobs``: ``.data`` is the parameter; ``.diff`` is its gradient, except
+        in backward, where it is ``grad``, a zeroed tensor handed to autograd afterwards."""
+
+        def __init__(self, layer, name):
+            super().__init__(layer, name)
+            self.grad = None
+
+        @property
+        def _diff(self):
+            return ParamBlob._diff.fget(self) if self.grad is None else self.grad
+
+        def _push(self):
+            if self._mirrored():
+                self._host["data"].push(self._data)
+                if self._host["diff"].head == "host":
+                    self._host["diff"].push(self._diff)
+
+    return LayerBlob
 
 
 class _CaffeAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -116,8 +164,10 @@ class Python(base.Layer):
         cls = getattr(self._import(p.module), p.layer, None)
         if cls is None:
             raise self.error(f"module '{p.module}' has no class '{p.layer}' (python_param.layer)")
+        self.layer_blobs = BlobVec(self)
         self.impl = self.call("__init__", cls, self.param)
         self.impl.param_str = p.param_str
+        self.impl.blobs = self.layer_blobs
         self.impl.phase = int(self.phase)
         self.tops = [_blob(torch.zeros(0)) for _ in self.param.top]
         self.call("setup", self.impl.setup, self._zeros(bottom_shapes), self.tops)
@@ -136,12 +186,25 @@ class Python(base.Layer):
         except Exception as e:
             raise self.user_error("import", e) from e
 
+    def new_blob(self, shape):
+        """A zero-filled parameter ``blob<i>`` of ``shape`` and the pycaffe blob over it."""
+        name = f"blob{len(self.blob_names)}"
+        self.add_blob(name, shape)
+        return _param_blob_class()(self, name)
+
     def call(self, what, fn, *args):
-        """Run user code; an exception names the layer and module and chains the user's own."""
+        """Run user code; an exception names the layer and module and chains the user's own.
+
+        The layer blobs' host copies are refreshed before and written back after."""
+        for blob in self.layer_blobs:
+            blob._device_changed()
         try:
             return fn(*args)
         except Exception as e:
             raise self.user_error(what, e) from e
+        finally:
+            for blob in self.layer_blobs:
+                blob._push()
 
     def user_error(self, what, e):
         return PythonLayerError(f"{self.where}: {what} raised {type(e).__name__}: {e}")
@@ -157,7 +220,7 @@ class Python(base.Layer):
         if not self.tops:
             self.run_forward(bottoms)
             return ()
-        out = _PythonFunction.apply(self, *bottoms)
+        out = _PythonFunction.apply(self, len(bottoms), *bottoms, *self.blobs)
         return out[0] if len(out) == 1 else out
 
     def run_forward(self, bottoms):
@@ -170,19 +233,31 @@ class Python(base.Layer):
         return bottom, [torch.from_numpy(blob.data).clone() for blob in self.tops]
 
     def run_backward(self, bottom, tops, grads, propagate_down):
-        """backward with the tops' data and diffs; the bottoms' diffs as tensors (None where not asked)."""
+        """backward with the tops' data and diffs; the bottoms' diffs as tensors (None where not
+        asked), then the diffs written to the layer blobs (zero where none was written)."""
         from protocaffe.pycaffe import Blob
         top = [Blob(t, g.detach().cpu().contiguous()) for t, g in zip(tops, grads)]
-        self.call("backward", self.impl.backward, top, list(propagate_down), bottom)
+        for blob in self.layer_blobs:
+            blob.grad = torch.zeros_like(blob._data)
+        try:
+            self.call("backward", self.impl.backward, top, list(propagate_down), bottom)
+            param_diffs = [blob.grad for blob in self.layer_blobs]
+        finally:
+            for blob in self.layer_blobs:
+                blob.grad = None
         return [torch.from_numpy(b.diff).clone() if down else None
-                for b, down in zip(bottom, propagate_down)]
+                for b, down in zip(bottom, propagate_down)], param_diffs
 
 
 class _PythonFunction(torch.autograd.Function):
-    """Autograd around a user's Python layer: forward and backward run on numpy blobs."""
+    """Autograd around a user's Python layer: forward and backward run on numpy blobs.
+
+    Inputs: the layer, the number of bottoms, the bottoms, then the layer's parameters
+    (read through ``self.blobs``; passed here so that autograd sends them gradients)."""
 
     @staticmethod
-    def forward(ctx, layer, *bottoms):
+    def forward(ctx, layer, n_bottoms, *inputs):
+        bottoms = inputs[:n_bottoms]
         bottom, tops = layer.run_forward(bottoms)
         device = bottoms[0].device if bottoms else layer.ctx.device
         ctx.layer, ctx.bottom, ctx.tops, ctx.devices = layer, bottom, tops, [b.device for b in bottoms]
@@ -190,6 +265,8 @@ class _PythonFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        down = ctx.needs_input_grad[1:]
-        diffs = ctx.layer.run_backward(ctx.bottom, ctx.tops, grads, down)
-        return (None, *(d if d is None else d.to(dev) for d, dev in zip(diffs, ctx.devices)))
+        down = ctx.needs_input_grad[2:2 + len(ctx.devices)]
+        diffs, param_diffs = ctx.layer.run_backward(ctx.bottom, ctx.tops, grads, down)
+        param_down = ctx.needs_input_grad[2 + len(ctx.devices):]
+        return (None, None, *(d if d is None else d.to(dev) for d, dev in zip(diffs, ctx.devices)),
+                *(d if want else None for d, want in zip(param_diffs, param_down)))
