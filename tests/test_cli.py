@@ -208,7 +208,8 @@ def test_unexpected_exception_is_one_line_unless_debug(monkeypatch, capsys):
 
 
 def test_missing_example_data_names_its_data_step(tmp_path, monkeypatch, capsys):
-    shutil.copytree(ROOT / "examples" / "shapes", tmp_path / "examples" / "shapes")
+    shutil.copytree(ROOT / "examples" / "shapes", tmp_path / "examples" / "shapes",
+                    ignore=shutil.ignore_patterns("data", "logs"))  # as in a fresh clone
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--solver", "examples/shapes/solver.prototxt"]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]

@@ -128,7 +128,7 @@ def run(argv):
         "Parse a Caffe training log into two CSV files containing training and testing information"))
     p.add_argument("logfile_path", help="Path to log file")
     p.add_argument("output_dir", help="Directory in which to place output CSV files")
-    p.add_argument("--verbose", action="store_true", help="Print some extra info (e.g., output filenames)")
+    p.add_argument("--verbose", action="store_true", help="Print some extra info (e.g., output filenames) (default: off)")
     p.add_argument("--delimiter", default=",", help="Column delimiter in output files (default: '%(default)s')")
     args = p.parse_args(argv)
     train, test = parse_log(args.logfile_path)
