@@ -233,7 +233,7 @@ def test_every_command_takes_help_with_defaults(name, capsys):
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: protocaffe {name}")
-    flags = [f for f in re.findall(r"^  (-\w+)", out, re.M) if f != "-h"]
+    flags = [f for f in re.findall(r"^  (--?\w+)", out, re.M) if f not in ("-h", "--help")]
     assert " ".join(out.split()).count("(default: ") == len(flags)
 
 

@@ -16,7 +16,8 @@ from protocaffe.pycaffe import set_mode_cpu, set_mode_gpu
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="protocaffe classify", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="protocaffe classify", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input_file", help="Input image, directory, or npy.")
     p.add_argument("output_file", help="Output npy filename.")
     p.add_argument("--model_def", default="models/bvlc_reference_caffenet/deploy.prototxt",

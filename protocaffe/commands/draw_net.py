@@ -8,7 +8,8 @@ PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST, "ALL": None}
 
 
 def run(argv):
-    p = argparse.ArgumentParser(prog="protocaffe draw_net", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="protocaffe draw_net", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input_net_proto_file", help="Input network prototxt file")
     p.add_argument("output_image_file", help="Output image file (format from the extension)")
     p.add_argument("--rankdir", default="LR",
