@@ -3,6 +3,7 @@ import torch
 
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
+from protocaffe.speed import DEFAULT_PRECISION, Speed
 
 
 def parse_gpu(value):
@@ -48,3 +49,16 @@ def add_net_flags(f, iterations=50):
 
 def stages(args):
     return [s for s in args.stage.split(",") if s]
+
+
+def add_speed_flags(f, precision=DEFAULT_PRECISION):
+    """--precision, --compile and --cuda_graphs (protocaffe/speed.py)."""
+    f.flag("precision", precision, "arithmetic of forward and backward: fp32 (Caffe's), bf16 or fp16"
+           + ("; empty for the solver's precision field" if not precision else ""))
+    f.flag("compile", False, "run the net through torch.compile")
+    f.flag("cuda_graphs", False, "replay the compiled step as CUDA graphs (CUDA only)")
+    return f
+
+
+def speed_from(args, precision=None):
+    return Speed(precision or args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs)
