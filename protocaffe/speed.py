@@ -27,6 +27,7 @@ elementwise tails: ReLU, LRN, pooling, dropout); ``cuda_graphs`` compiles in
 ``reduce-overhead`` mode, which replays the step as CUDA graphs (CUDA only).
 """
 import functools
+import time
 from dataclasses import dataclass
 
 import torch
@@ -134,3 +135,24 @@ class LossScaler:
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.scale.reciprocal())
         torch._amp_update_scale_(self.scale, self.tracker, found, self.growth, self.backoff, self.interval)
         return not bool(found)  # one read-back per step, as GradScaler.step makes
+
+
+def matmul_ceiling(device, dtype, size=2048, seconds=0.5):
+    """The best GFLOP/s of ``size``-square matrix products in ``dtype`` on ``device``, measured
+    now for about ``seconds`` (the ceiling that achieved rates are compared with)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        lap = time.perf_counter() - start
+        best, spent = min(best, lap), spent + lap
+    return 2 * size ** 3 / best / 1e9
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

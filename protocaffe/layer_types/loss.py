@@ -32,9 +32,10 @@ def normalization_mode(loss_param):
 def normalizer(mode, outer, inner, valid):
     """The divisor of a summed loss: FULL outer*inner, VALID the non-ignored count,
     BATCH_SIZE outer, NONE 1; never below 1."""
-    value = {LossParameter.FULL: outer * inner, LossParameter.VALID: valid,
-             LossParameter.BATCH_SIZE: outer, LossParameter.NONE: 1}[mode]
-    return torch.clamp(torch.as_tensor(value, dtype=torch.float32), min=1.0)
+    if mode == LossParameter.VALID:  # a count on the device: divide there, no read-back
+        return torch.clamp(valid.to(torch.float32), min=1.0)
+    return float(max(1, {LossParameter.FULL: outer * inner, LossParameter.BATCH_SIZE: outer,
+                         LossParameter.NONE: 1}[mode]))
 
 
 def _labels(label):
@@ -94,7 +95,7 @@ class _SoftmaxLoss(_Loss):
 
     def _tops(self, total, x, logp, valid):
         outer, inner = count(x.shape, 0, self.axis), count(x.shape, self.axis + 1)
-        loss = total / normalizer(self.mode, outer, inner, valid.sum()).to(x.device)
+        loss = total / normalizer(self.mode, outer, inner, valid.sum())
         if len(self.param.top) > 1:
             return loss, logp.detach().exp()
         return loss
@@ -251,7 +252,7 @@ class SigmoidCrossEntropyLoss(_Loss):
         valid = _valid(t.long(), self.ignore)
         outer = x.shape[0]
         norm = normalizer(self.mode, outer, x.numel() // outer, valid.sum())
-        return (per * valid).sum() / norm.to(x.device)
+        return (per * valid).sum() / norm
 
 
 @register
