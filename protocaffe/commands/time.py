@@ -119,6 +119,7 @@ def run(argv):
     total_start = time.perf_counter()
     forward_total = backward_total = 0.0
     for j in range(args.iterations):
+        net.zero_grad(set_to_none=True)  # gradients are not accumulated over iterations
         it_start = time.perf_counter()
         before = sum(fwd.values())
         record = forward_layers(net, device, fwd, needed, speed)
