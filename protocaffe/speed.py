@@ -18,9 +18,8 @@ as ``torch.amp.GradScaler`` does (same kernels and defaults) but leaves the upda
 to the solver; an overflowing step is skipped, as GradScaler skips it.
 
 Layout: ``channels_last`` (NHWC) stores 4-d weights, and so the convolutions' outputs,
-channels last. By default (``None``) it is on where it measured faster: on CUDA and
-for bf16/fp16 on the CPU (oneDNN's low-precision convolutions run NHWC); fp32 on the
-CPU stays NCHW (see BENCHMARKS.md).
+channels last. By default (``None``) it is on CUDA only (tensor-core convolutions run
+NHWC); on this CPU it measured slower than NCHW in fp32 and in bf16 (BENCHMARKS.md).
 
 Compilation: ``compile`` runs the net through ``torch.compile`` (inductor fuses the
 elementwise tails: ReLU, LRN, pooling, dropout); ``cuda_graphs`` compiles in
@@ -70,7 +69,7 @@ class Speed:
     def use_channels_last(self, device):
         if self.channels_last is not None:
             return self.channels_last
-        return device.type == "cuda" or self.reduced
+        return device.type == "cuda"
 
     def prepare(self, net, *, layers=False):
         """Apply the settings to ``net`` (already on its device); ``layers`` compiles each layer

@@ -75,7 +75,17 @@ def test_bf16_keeps_fp32_layers_and_fp32_weights_and_gradients():
     assert first["norm1"].dtype == torch.float32 and blobs["prob"].dtype == torch.float32
     blobs["prob"].sum().backward()
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in net.parameters())
+    assert net.layers["conv1"].weight.is_contiguous()  # NCHW on the CPU: NHWC measured slower
+
+
+def test_channels_last_on_request_and_on_cuda():
+    assert Speed("bf16", channels_last=True).use_channels_last(torch.device("cpu"))
+    assert Speed().use_channels_last(torch.device("cuda"))
+    net, data = slim_caffenet()
+    exact = net(data=data)["prob"]
+    Speed(channels_last=True).prepare(net)
     assert net.layers["conv1"].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(net(data=data)["prob"], exact, rtol=1e-4, atol=1e-6)
 
 
 def test_fp32_settings_leave_the_net_as_it_is():
