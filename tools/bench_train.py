@@ -31,7 +31,7 @@ def _sync(device):
 
 
 def make_solver(folder, precision, gpu):
-    text = (ROOT / "examples/shapes/train_val.prototxt").read_text().replace("examples/shapes/data", str(folder))
+    text = (ROOT / "examples/shapes/train_val.prototxt").read_text().replace("examples/shapes/data", str(folder / "data"))
     (folder / "net.prototxt").write_text(text)
     p = read_solver_param(ROOT / "examples/shapes/solver.prototxt")
     p.net, p.precision = str(folder / "net.prototxt"), precision
