@@ -5,6 +5,7 @@ from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log
 from protocaffe.solver import Solver, read_solver_param
+from protocaffe.speed import check_precision
 
 
 def run(argv):
@@ -29,7 +30,7 @@ def run(argv):
     param.train_state.level = args.level
     param.train_state.stage.extend(s for s in args.stage.split(",") if s)
     if args.precision:
-        param.precision = args.precision
+        param.precision = check_precision(args.precision)
     gpu = parse_gpu(args.gpu)
     log.info("Use CPU." if gpu is None else f"Using GPUs {gpu}")
     solver = Solver(param, gpu=gpu, weights=args.weights or None, speed=speed_from(args, param.precision))
