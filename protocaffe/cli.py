@@ -15,6 +15,7 @@ import sys
 import traceback
 
 from protocaffe.errors import CaffeError, did_you_mean
+from protocaffe.layer_types import loss as loss_layers
 
 COMMANDS = {
     # caffe's own subcommands
@@ -80,7 +81,7 @@ def usage():
     return ("usage: protocaffe <command> [flags]   (protocaffe <command> --help for its flags)\n\n"
             "commands:\n" + "\n".join(lines) + "\n\nglobal flags:\n"
             "  --help     this message\n  --version  protocaffe's version\n"
-            "  --debug    show the full traceback of any failure\n")
+            "  --debug    show the full traceback of any failure; check labels on the GPU too\n")
 
 
 def version():
@@ -104,6 +105,7 @@ def main(argv=None):
         print(f"protocaffe {version()}")
         return 0
     name, rest = argv[0], argv[1:]
+    loss_layers.CHECK_DEVICE_LABELS = debug
     if name not in COMMANDS:
         print(f"protocaffe: error: unknown command '{name}'{did_you_mean(name, COMMANDS)}; "
               "'protocaffe --help' lists the commands", file=sys.stderr)

@@ -319,7 +319,7 @@ class CaffeNet(nn.Module):
                     term = w * blobs[top].sum()
                     total = term if total is None else total + term
         if total is None:
-            total = torch.zeros(())
+            total = torch.zeros((), device=self.ctx.device)
         return total
 
     def loss_tops(self):

@@ -53,7 +53,8 @@ def our_rows():
 
 # protocaffe's own fields, numbered from 1000 up, far above Caffe's numbers in their messages
 EXTENSIONS = {("SolverParameter", "plateau_output"), ("SolverParameter", "plateau_patience"),
-              ("SolverParameter", "plateau_max_drops"), ("SolverState", "plateau_best"),
+              ("SolverParameter", "plateau_max_drops"), ("SolverParameter", "precision"),
+              ("SolverState", "plateau_best"),
               ("SolverState", "plateau_wait"), ("TransformationParameter", "pca_file"),
               ("TransformationParameter", "pca_std")}
 

@@ -1,10 +1,10 @@
 """Flags and helpers shared by Caffe's subcommands."""
 import torch
 
-from protocaffe.proto import caffe_pb2
-
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
+from protocaffe.proto import caffe_pb2
+from protocaffe.speed import DEFAULT_PRECISION, Speed
 
 
 def parse_gpu(value):
@@ -59,3 +59,16 @@ def phase(args, default):
     if args.phase not in ("TRAIN", "TEST"):
         raise CaffeError(f"--phase must be TRAIN or TEST; found '{args.phase}'")
     return caffe_pb2.Phase.Value(args.phase)
+
+
+def add_speed_flags(f, precision=DEFAULT_PRECISION):
+    """--precision, --compile and --cuda_graphs (protocaffe/speed.py)."""
+    f.flag("precision", precision, "arithmetic of forward and backward: fp32 (Caffe's), bf16 or fp16"
+           + ("; empty for the solver's precision field" if not precision else ""))
+    f.flag("compile", False, "run the net through torch.compile")
+    f.flag("cuda_graphs", False, "replay the compiled step as CUDA graphs (CUDA only)")
+    return f
+
+
+def speed_from(args, precision=None):
+    return Speed(precision or args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs)

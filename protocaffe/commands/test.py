@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from protocaffe import log as logs
-from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, phase, stages
+from protocaffe.commands.common import (add_net_flags, add_speed_flags, device_for, parse_gpu, phase,
+                                         speed_from, stages)
 from protocaffe.errors import CaffeError
 from protocaffe.evaluate import score_averaged
 from protocaffe.flags import Flags
@@ -38,7 +39,7 @@ def run(argv):
     f = add_net_flags(Flags("test", __doc__.splitlines()[0]))
     f.flag("oversample", False, "average the softmax over ten crops of each image (corners, centre, mirrors)")
     f.flag("ensemble", "", "more .caffemodel files of the same net, comma-separated, to average with --weights")
-    args = f.parse(argv)
+    args = add_speed_flags(f).parse(argv)
     logs.setup(args.log_dir or None)
     if not args.model:
         raise CaffeError("need a model definition to score: --model <file>")
@@ -48,10 +49,12 @@ def run(argv):
     net = build_net(args.model, phase(args, caffe_pb2.TEST), level=args.level, stages=stages(args),
                     weights=args.weights, device=device)
     log.info("Running for %d iterations.", args.iterations)
-    if args.oversample or args.ensemble:
-        return _run_averaged(args, net, device)
-    net.keep_all_blobs = False
-    sums, loss = score(net, args.iterations)
+    speed = speed_from(args)
+    with speed.autocast(device):
+        if args.oversample or args.ensemble:
+            return _run_averaged(args, net, device, speed)
+        net.keep_all_blobs = False
+        sums, loss = score(speed.prepare(net), args.iterations)
     log.info("Loss: %s", g(loss))
     weights = net.loss_tops()
     for (_, name), total in sums.items():
@@ -62,9 +65,10 @@ def run(argv):
     return 0
 
 
-def _run_averaged(args, net, device):
-    members = [net] + [build_net(args.model, net.phase, level=args.level, stages=stages(args),
-                                 weights=w, device=device) for w in args.ensemble.split(",") if w]
+def _run_averaged(args, net, device, speed):
+    members = [speed.prepare(m) for m in [net] + [
+        build_net(args.model, net.phase, level=args.level, stages=stages(args), weights=w, device=device)
+        for w in args.ensemble.split(",") if w]]
     log.info("Averaging the softmax of %d net(s)%s", len(members),
              " over ten crops of each image" if args.oversample else "")
     means = score_averaged(members, args.iterations, args.oversample)

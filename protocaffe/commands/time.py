@@ -1,20 +1,27 @@
-"""``protocaffe time --model M [--iterations 50] [--gpu N]``: Caffe's ``caffe time``.
+"""``protocaffe time --model M [--iterations 50] [--gpu N] [--precision bf16] [--compile]``: Caffe's ``caffe time``.
 
 Times each layer's forward and backward, running the net layer by layer as
 Caffe does (each layer's backward on its own, fed the gradients of the layers
-above), and prints the averages in Caffe's words.
+above), and prints the averages in Caffe's words. As in Caffe, only the blobs
+whose gradient someone needs get one (not the data's). Then images/s and the
+achieved GFLOP/s against the machine's measured matrix-multiply ceiling.
 """
+import contextlib
 import time
+
+from torch.utils.flop_counter import FlopCounterMode
 
 import torch
 
 from protocaffe import log as logs
-from protocaffe.commands.common import add_net_flags, device_for, parse_gpu, phase, stages
+from protocaffe.commands.common import (add_net_flags, add_speed_flags, device_for, parse_gpu, phase,
+                                         speed_from, stages)
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, g
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
+from protocaffe.speed import matmul_ceiling
 
 
 def _sync(device):
@@ -22,17 +29,34 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def forward_layers(net, device, times):
-    """Forward layer by layer; each layer's inputs are fresh leaves so its backward runs alone."""
+def needing_gradients(net):
+    """The blobs whose gradient backward computes, as Caffe's Net::Init decides: the tops of
+    layers with a learnable parameter or a bottom that needs one (not the data's)."""
+    needed = set()
+    for step in net.plan:
+        layer = net.layers[step.key]
+        if any(p.requires_grad for p in layer.parameters()) or any(b in needed for b in step.bottoms):
+            needed.update(step.tops)
+    return needed
+
+
+def forward_layers(net, device, times, needed, speed, flops=None):
+    """Forward layer by layer; each layer's inputs are fresh leaves so its backward runs alone.
+    With a ``flops`` dict, each layer's forward FLOPs are counted into it (slower: warm-up only)."""
     blobs, record = {}, []
     for step in net.plan:
         layer = net.layers[step.key]
-        inputs = [blobs[b].detach().requires_grad_(blobs[b].is_floating_point()) for b in step.bottoms]
+        inputs = [blobs[b].detach().requires_grad_(b in needed and blobs[b].is_floating_point())
+                  for b in step.bottoms]
         _sync(device)
         start = time.perf_counter()
-        out = layer(*inputs)
+        counter = FlopCounterMode(display=False) if flops is not None else contextlib.nullcontext()
+        with speed.autocast(device), counter:
+            out = layer(*inputs)
         _sync(device)
         times[step.key] += time.perf_counter() - start
+        if flops is not None:
+            flops[step.key] = counter.get_total_flops()
         out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
         blobs.update(zip(step.tops, out))
         record.append((step, inputs, out))
@@ -70,18 +94,22 @@ def backward_layers(net, record, device, times):
 
 
 def run(argv):
-    args = add_net_flags(Flags("time", __doc__.splitlines()[0])).parse(argv)
+    args = add_speed_flags(add_net_flags(Flags("time", __doc__.splitlines()[0]))).parse(argv)
     logs.setup(args.log_dir or None)
     if not args.model:
         raise CaffeError("need a model definition to time: --model <file>")
     device = device_for(parse_gpu(args.gpu))
     net = build_net(args.model, phase(args, caffe_pb2.TRAIN), level=args.level, stages=stages(args),
                     weights=args.weights or None, device=device)
+    speed = speed_from(args)
+    speed.prepare(net, layers=True)
+    needed = needing_gradients(net)
     fwd = {s.key: 0.0 for s in net.plan}
     bwd = {s.key: 0.0 for s in net.plan}
+    flops = {}
     log.info("Performing Forward")
-    record = forward_layers(net, device, dict(fwd))
-    loss = sum(float(w * out.detach().sum()) for step, _, outs in record
+    record = forward_layers(net, device, dict(fwd), needed, speed, flops)
+    loss = sum(float(w * out.detach().float().sum()) for step, _, outs in record
                for out, w in zip(outs, step.loss_weights) if w)
     log.info("Initial loss: %s", g(loss))
     log.info("Performing Backward")
@@ -91,9 +119,10 @@ def run(argv):
     total_start = time.perf_counter()
     forward_total = backward_total = 0.0
     for j in range(args.iterations):
+        net.zero_grad(set_to_none=True)  # gradients are not accumulated over iterations
         it_start = time.perf_counter()
         before = sum(fwd.values())
-        record = forward_layers(net, device, fwd)
+        record = forward_layers(net, device, fwd, needed, speed)
         forward_total += sum(fwd.values()) - before
         before = sum(bwd.values())
         backward_layers(net, record, device, bwd)
@@ -112,4 +141,29 @@ def run(argv):
     log.info("Average Forward-Backward: %s ms.", g(total / n))
     log.info("Total Time: %s ms.", g(total))
     log.info("*** Benchmark ends ***")
+    _log_rates(net, step_flops(net, flops, needed), total / n, device, speed)
     return 0
+
+
+def step_flops(net, forward_flops, needed):
+    """FLOPs of one forward-backward: each layer's forward FLOPs (convolutions and matrix
+    products), once more for its weights' gradient and once more for its bottoms' gradient,
+    where these are computed."""
+    total = 0
+    for step in net.plan:
+        layer = net.layers[step.key]
+        grads = any(p.requires_grad for p in layer.parameters()) + any(b in needed for b in step.bottoms)
+        total += forward_flops.get(step.key, 0) * (1 + grads)
+    return total
+
+
+def _log_rates(net, flop, ms, device, speed):
+    """Images/s and achieved GFLOP/s (convolutions and matrix products, forward and backward)
+    beside the matrix-multiply ceiling measured now on this device in this precision."""
+    batch = net.blob_shapes[net.plan[0].tops[0]][0] if net.plan and net.plan[0].tops else 1
+    achieved = flop / ms / 1e6
+    ceiling = matmul_ceiling(device, speed.dtype)
+    log.info("Precision %s%s: %s images/s, %s GFLOP per forward-backward, %s GFLOP/s achieved; "
+             "matrix-multiply ceiling %s GFLOP/s (%s%%).", speed.precision,
+             ", compiled" if speed.compile else "", g(batch * 1000 / ms), g(flop / 1e9), g(achieved),
+             g(ceiling), g(100 * achieved / ceiling))

@@ -91,7 +91,7 @@ class _PrefetchingLayer(Layer):
             data = batch.to(device, self.mean.dtype)
         if len(self.param.top) == 1:
             return data
-        return data, torch.from_numpy(labels).to(device, self.mean.dtype)
+        return data, transform.to_device(labels, device).to(self.mean.dtype)
 
     def _start(self, raw):
         self.close()

@@ -131,6 +131,15 @@ def is_full(mean):
     return mean.shape[1:] != (1, 1)
 
 
+def to_device(array, device):
+    """A numpy array as a tensor on ``device``; to CUDA through pinned memory without waiting
+    (a plain copy from pageable memory would wait for the device)."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def apply(batch, mean, scale, draws):
     """The batch version of :func:`normalize_into`, in torch on the batch's device.
 
@@ -140,10 +149,10 @@ def apply(batch, mean, scale, draws):
     n, _, h, w = batch.shape
     x = batch.to(mean.dtype)
     if draws.shifts is not None:
-        x = x + torch.from_numpy(draws.shifts).to(x.device, x.dtype)[:, :, None, None]
+        x = x + to_device(draws.shifts, x.device).to(x.dtype)[:, :, None, None]
     if is_full(mean):
-        offsets = torch.from_numpy(draws.offsets).to(x.device)
-        flips = torch.from_numpy(draws.flips).to(x.device)
+        offsets = to_device(draws.offsets, x.device)
+        flips = to_device(draws.flips, x.device)
         cols = torch.arange(w, device=x.device)
         rows = offsets[:, :1] + torch.arange(h, device=x.device)                    # (N, h)
         cols = offsets[:, 1:] + torch.where(flips[:, None], w - 1 - cols, cols)     # (N, w)

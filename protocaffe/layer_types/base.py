@@ -55,6 +55,20 @@ class BuildContext:
     phase: int = caffe_pb2.TEST
     generator: torch.Generator = field(default_factory=torch.Generator)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _device_generators: dict = field(default_factory=dict)
+
+    def generator_on(self, device):
+        """The generator for draws made on ``device``: ``generator`` itself on the CPU; elsewhere
+        one generator per device, seeded once from ``generator`` (None on ``meta``)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.generator
+        if device.type == "meta":
+            return None
+        if device not in self._device_generators:
+            seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+            self._device_generators[device] = torch.Generator(device).manual_seed(seed)
+        return self._device_generators[device]
 
 
 class Layer(nn.Module):

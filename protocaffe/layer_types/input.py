@@ -65,7 +65,8 @@ class DummyData(Layer):
         return list(self.shapes)
 
     def forward(self):
-        tops = tuple(fill(torch.empty(s), f, self.ctx.generator).to(self.ctx.device)
+        device = self.ctx.device
+        tops = tuple(fill(torch.empty(s, device=device), f, self.ctx.generator_on(device))
                      for s, f in zip(self.shapes, self.fillers))
         return tops if len(tops) > 1 else tops[0]
 

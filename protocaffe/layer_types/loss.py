@@ -35,9 +35,10 @@ def normalization_mode(loss_param):
 def normalizer(mode, outer, inner, valid):
     """The divisor of a summed loss: FULL outer*inner, VALID the non-ignored count,
     BATCH_SIZE outer, NONE 1; never below 1."""
-    value = {LossParameter.FULL: outer * inner, LossParameter.VALID: valid,
-             LossParameter.BATCH_SIZE: outer, LossParameter.NONE: 1}[mode]
-    return torch.clamp(torch.as_tensor(value, dtype=torch.float32), min=1.0)
+    if mode == LossParameter.VALID:  # a count on the device: divide there, no read-back
+        return torch.clamp(valid.to(torch.float32), min=1.0)
+    return float(max(1, {LossParameter.FULL: outer * inner, LossParameter.BATCH_SIZE: outer,
+                         LossParameter.NONE: 1}[mode]))
 
 
 def _labels(label):
@@ -52,10 +53,18 @@ def _valid(lab, ignore):
     return torch.ones_like(lab, dtype=torch.bool) if ignore is None else lab != ignore
 
 
+CHECK_DEVICE_LABELS = False
+"""Also check labels that live on an accelerator (``protocaffe --debug`` turns it on): one
+device-to-host sync per batch, which the training loop otherwise never makes."""
+
+
 def _check_labels(layer, lab, valid, classes):
     """A CaffeError naming the layer, the first label outside [0, classes) that is not
-    ignored, and the class count. Costs one reduction and one device-to-host sync per
-    batch, instead of a failed gather (a device-side assert on CUDA)."""
+    ignored, and the class count, instead of a failed gather (a device-side assert on CUDA).
+    Labels on the CPU are always checked (one cheap reduction per batch); on a GPU only
+    with CHECK_DEVICE_LABELS."""
+    if lab.device.type != "cpu" and not CHECK_DEVICE_LABELS:
+        return
     bad = valid & ((lab < 0) | (lab >= classes))
     if bad.any():
         raise layer.error(f"label {int(lab[bad][0])} is outside [0, {classes}): the prediction "
@@ -107,7 +116,7 @@ class _SoftmaxLoss(_Loss):
 
     def _tops(self, total, x, logp, valid):
         outer, inner = count(x.shape, 0, self.axis), count(x.shape, self.axis + 1)
-        loss = total / normalizer(self.mode, outer, inner, valid.sum()).to(x.device)
+        loss = total / normalizer(self.mode, outer, inner, valid.sum())
         if len(self.param.top) > 1:
             return loss, logp.detach().exp()
         return loss
@@ -269,7 +278,7 @@ class SigmoidCrossEntropyLoss(_Loss):
         valid = _valid(t.long(), self.ignore)
         outer = x.shape[0]
         norm = normalizer(self.mode, outer, x.numel() // outer, valid.sum())
-        return (per * valid).sum() / norm.to(x.device)
+        return (per * valid).sum() / norm
 
 
 @register

@@ -160,7 +160,7 @@ class Dropout(_Neuron):
     """x (any) -> same shape. TRAIN: each unit kept with probability 1 - dropout_ratio and
     scaled by 1 / (1 - dropout_ratio) (inverted dropout, as Caffe); TEST: identity.
 
-    The mask is drawn from the net's generator, so a seeded run repeats.
+    The mask is drawn on x's device from the net's generator there, so a seeded run repeats.
     """
     type = "Dropout"
 
@@ -173,8 +173,8 @@ class Dropout(_Neuron):
         if self.phase != caffe_pb2.TRAIN:
             return x
         ratio = self.param.dropout_param.dropout_ratio
-        keep = torch.rand(x.shape, generator=self.ctx.generator) >= ratio
-        return x * keep.to(device=x.device, dtype=x.dtype) * (1.0 / (1.0 - ratio))
+        keep = torch.rand(x.shape, generator=self.ctx.generator_on(x.device), device=x.device) >= ratio
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - ratio))
 
 
 @register

@@ -25,6 +25,7 @@ from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
 from protocaffe.solver.policies import POLICIES, check_policy, plateau_observe
 from protocaffe.solver.updates import HISTORY, RULES, regularize
+from protocaffe.speed import Speed
 from protocaffe.upgrade import upgrade_net, upgrade_solver
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -91,7 +92,7 @@ def _device(p, gpu=None):
 class Solver:
     """A Caffe solver of the type in its prototxt (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)."""
 
-    def __init__(self, param_or_path, *, gpu=None, weights=None):
+    def __init__(self, param_or_path, *, gpu=None, weights=None, speed=None):
         p = read_solver_param(param_or_path) if isinstance(param_or_path, (str, os.PathLike)) \
             else param_or_path
         self.param = p
@@ -119,6 +120,10 @@ class Solver:
             test_net.keep_all_blobs = False
             share_trained_layers(test_net, self.net)
             self.test_nets.append(test_net)
+        # speed settings (protocaffe/speed.py): precision, layout, compilation; fp32 changes nothing
+        self.speed = speed if speed is not None else Speed(p.precision)
+        for net in [self.net] + self.test_nets:
+            self.speed.prepare(net)
         self.params = self.net.learnable
         self.history = [[torch.zeros_like(lp.tensor) for _ in range(HISTORY[p.type])] for lp in self.params]
         self.iter = 0
@@ -158,10 +163,10 @@ class Solver:
             log.info("Optimization stopped early.")
             return
         if p.display and self.iter % p.display == 0:
-            with torch.no_grad():
+            with torch.no_grad(), self.speed.autocast(self.device):
                 loss = float(self.net.loss(self.net()))
             self._smooth(loss, start_iter)
-            log.info("Iteration %d, loss = %s", self.iter, g(self.smoothed_loss))
+            log.info("Iteration %d, loss = %s", self.iter, g(float(self.smoothed_loss)))
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
@@ -180,11 +185,12 @@ class Solver:
             display = p.display and self.iter % p.display == 0
             loss, outputs = 0.0, None
             for _ in range(p.iter_size):
-                blobs = self.net()
-                total = self.net.loss(blobs)
+                with self.speed.autocast(self.device):
+                    blobs = self.net()
+                    total = self.net.loss(blobs)
                 if total.requires_grad:
-                    total.backward()
-                loss += float(total.detach())
+                    self.speed.backward(total)  # fp16: the loss scaled
+                loss = loss + total.detach().double()  # stays on the device: no sync per iteration
                 outputs = blobs
             loss /= p.iter_size
             self._smooth(loss, start_iter)
@@ -192,11 +198,15 @@ class Solver:
                 lapse = time.perf_counter() - last_time
                 speed = (self.iter - last_iter) / lapse if lapse > 0 else 0.0
                 log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, g(speed),
-                         g(lapse), p.display, g(self.smoothed_loss))
+                         g(lapse), p.display, g(float(self.smoothed_loss)))
                 last_time, last_iter = time.perf_counter(), self.iter
                 self._log_outputs("Train", self.net,
                                  {n: outputs[n].detach().cpu().numpy() for n in self.net.output_names})
-            self.apply_update()
+            if self.speed.unscale(self.params):  # fp16: False when the scaled gradients overflowed
+                self.apply_update()
+            else:
+                log.info("Iteration %d: gradients overflowed in fp16; update skipped, loss scale lowered",
+                         self.iter)
             self.iter += 1
             action, self.requested_action = self.requested_action, None
             if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
@@ -206,7 +216,10 @@ class Solver:
         return False
 
     def _smooth(self, loss, start_iter):
-        """Caffe's UpdateSmoothedLoss: the mean of the last average_loss losses."""
+        """Caffe's UpdateSmoothedLoss: the mean of the last average_loss losses.
+
+        ``loss`` may be a float64 tensor on the device: the sums run there in the same
+        double arithmetic as on Python floats, and are read back only for display."""
         n = self.param.average_loss
         if len(self.losses) < n:
             self.losses.append(loss)
@@ -292,7 +305,7 @@ class Solver:
         log.info("Iteration %d, Testing net (#%d)", self.iter, i)
         net, iters = self.test_nets[i], self.param.test_iter[i]
         sums, loss = None, 0.0
-        with torch.no_grad():
+        with torch.no_grad(), self.speed.autocast(self.device):
             for _ in range(iters):
                 blobs = net()
                 if self.param.test_compute_loss:

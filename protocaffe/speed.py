@@ -1,0 +1,175 @@
+"""Speed settings, applied in one place around a net and the training step.
+
+    speed = Speed(precision="bf16", compile=True)
+    speed.prepare(net)                  # layout, fp32 islands, compilation: once, after net.to(device)
+    with speed.autocast(net):           # the forward (autograd runs the backward in the same dtypes)
+        loss = net.loss(net())
+    speed.backward(loss)                # fp16: the loss is scaled first
+    if speed.unscale(params):           # fp16: grads unscaled; False when they overflowed
+        ...Caffe's update, in float32...
+
+Precision: ``fp32`` is Caffe's arithmetic and changes nothing. ``bf16`` and ``fp16``
+run under ``torch.autocast``: convolutions and matrix products take the low precision,
+weights stay float32 (autocast casts a copy), so gradients, solver history and
+updates are float32 and Caffe's update rules run unchanged. Layers whose numerics
+need float32 run outside autocast on float32 inputs (:data:`FP32_TYPES` and every
+loss layer): softmax, LRN's power, BatchNorm's statistics, MVN. fp16 scales the loss
+as ``torch.amp.GradScaler`` does (same kernels and defaults) but leaves the update
+to the solver; an overflowing step is skipped, as GradScaler skips it.
+
+Layout: ``channels_last`` (NHWC) stores 4-d weights, and so the convolutions' outputs,
+channels last. By default (``None``) it is on CUDA only (tensor-core convolutions run
+NHWC); on this CPU it measured slower than NCHW in fp32 and in bf16 (BENCHMARKS.md).
+
+Compilation: ``compile`` runs the net through ``torch.compile`` (inductor fuses the
+elementwise tails: ReLU, LRN, pooling, dropout); ``cuda_graphs`` compiles in
+``reduce-overhead`` mode, which replays the step as CUDA graphs (CUDA only).
+"""
+import ctypes
+import ctypes.util
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+
+from protocaffe.errors import CaffeError
+from protocaffe.proto import caffe_pb2
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP32_TYPES = {"Softmax", "LRN", "BatchNorm", "MVN", "Accuracy"}
+"""Layer types run in float32 under autocast (loss layers too: ``is_loss``)."""
+DEFAULT_PRECISION = caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name["precision"].default_value
+
+
+def check_precision(value):
+    if value not in PRECISIONS:
+        raise CaffeError(f"precision must be one of {', '.join(PRECISIONS)}; found '{value}'")
+    return value
+
+
+@dataclass
+class Speed:
+    precision: str = DEFAULT_PRECISION
+    channels_last: bool = None
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self):
+        check_precision(self.precision)
+
+    @property
+    def dtype(self):
+        return PRECISIONS[self.precision]
+
+    @property
+    def reduced(self):
+        return self.dtype != torch.float32
+
+    def use_channels_last(self, device):
+        if self.channels_last is not None:
+            return self.channels_last
+        return device.type == "cuda"
+
+    def prepare(self, net, *, layers=False):
+        """Apply the settings to ``net`` (already on its device); ``layers`` compiles each layer
+        on its own (``protocaffe time``'s layer-by-layer runs) instead of the whole net."""
+        device = net.ctx.device
+        if device.type == "cpu":
+            keep_freed_memory()
+        if self.cuda_graphs and device.type != "cuda":
+            raise CaffeError("--cuda_graphs needs a CUDA device (--gpu N)")
+        if self.use_channels_last(device):
+            net.to(memory_format=torch.channels_last)
+        if self.reduced:
+            for layer in net.layers.values():
+                if layer.type in FP32_TYPES or layer.is_loss:
+                    keep_fp32(layer)
+        if self.compile or self.cuda_graphs:
+            mode = "reduce-overhead" if self.cuda_graphs else None
+            for module in (net.layers.values() if layers else [net]):
+                module.compile(mode=mode)
+        self.scaler = LossScaler(device) if self.precision == "fp16" else None
+        return net
+
+    def autocast(self, device):
+        """The forward's autocast context for a net on ``device`` (does nothing in fp32)."""
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.reduced)
+
+    def backward(self, loss):
+        (loss if self.scaler is None else self.scaler.scaled(loss)).backward()
+
+    def unscale(self, params):
+        """fp16: divide the gradients by the loss scale and update the scale; False when they
+        overflowed (the step is to be skipped). Otherwise True, without touching the device."""
+        if self.scaler is None:
+            return True
+        return self.scaler.unscale([p.tensor.grad for p in params if p.tensor.grad is not None])
+
+
+@functools.cache
+def keep_freed_memory():
+    """On the CPU, have glibc serve every allocation from its heap and keep what is freed
+    (M_MMAP_MAX 0, M_TRIM_THRESHOLD max): fc6's 150 MB gradient is then reused each
+    iteration instead of mapped afresh and faulted in page by page. Once per process;
+    a no-op where the C library is not glibc. Returns whether it applied."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+def keep_fp32(layer):
+    """Run ``layer`` outside autocast on float32 inputs (its outputs are float32)."""
+    if getattr(layer.forward, "keeps_fp32", False):
+        return
+    inner = layer.forward
+
+    @functools.wraps(inner)
+    def forward(*bottoms):
+        with torch.autocast(layer.ctx.device.type, enabled=False):
+            return inner(*(b.float() if b.is_floating_point() else b for b in bottoms))
+    forward.keeps_fp32 = True
+    layer.forward = forward
+
+
+class LossScaler:
+    """fp16 loss scaling with torch.amp.GradScaler's defaults and kernels: the scale starts at
+    2^16, halves at every overflow and doubles after 2000 steps without one."""
+
+    def __init__(self, device, init=2.0 ** 16, growth=2.0, backoff=0.5, interval=2000):
+        self.scale = torch.full((), init, dtype=torch.float32, device=device)
+        self.tracker = torch.zeros((), dtype=torch.int32, device=device)
+        self.growth, self.backoff, self.interval = growth, backoff, interval
+
+    def scaled(self, loss):
+        return loss * self.scale
+
+    def unscale(self, grads):
+        found = torch.zeros((), dtype=torch.float32, device=self.scale.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self.scale.reciprocal())
+        torch._amp_update_scale_(self.scale, self.tracker, found, self.growth, self.backoff, self.interval)
+        return not bool(found)  # one read-back per step, as GradScaler.step makes
+
+
+def matmul_ceiling(device, dtype, size=2048, seconds=0.5):
+    """The best GFLOP/s of ``size``-square matrix products in ``dtype`` on ``device``, measured
+    now for about ``seconds`` (the ceiling that achieved rates are compared with)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        lap = time.perf_counter() - start
+        best, spent = min(best, lap), spent + lap
+    return 2 * size ** 3 / best / 1e9
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
