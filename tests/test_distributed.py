@@ -106,12 +106,13 @@ def assert_same_weights(actual, expected, what):
 
 # ---- Caffe's semantics -------------------------------------------------------------------
 
-@pytest.mark.parametrize("config", ["sgd_step_caffenet", "adam_fixed"])
-def test_two_ranks_give_the_weights_of_one_process_with_iter_size_2(tmp_path, monkeypatch, config):
-    assert run_ranks(_train, tmp_path, config, 1, 4, {}) == [0, 0]
+@pytest.mark.parametrize("config, iter_size", [("sgd_step_caffenet", 1), ("adam_fixed", 1), ("sgd_step_caffenet", 2)])
+def test_two_ranks_give_the_weights_of_one_process_with_twice_the_iter_size(tmp_path, monkeypatch, config,
+                                                                            iter_size):
+    assert run_ranks(_train, tmp_path, config, iter_size, 4, {}) == [0, 0]
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
     monkeypatch.chdir(GOLDEN)
-    alone = weights(train_alone(tmp_path, config, 2, 4))
+    alone = weights(train_alone(tmp_path, config, 2 * iter_size, 4))
     for r, got in enumerate(ranks):
         assert int(got["iter"]) == 4
         assert_same_weights(dict(got), alone, f"{config} rank {r}")
