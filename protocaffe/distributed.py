@@ -110,19 +110,26 @@ def run(rank, fn, *args):
     _check_backend(rank.backend, f"rank {rank.rank}")
     if rank.gpu is not None:
         torch.cuda.set_device(rank.gpu)
-    dist.init_process_group(rank.backend, rank=rank.rank, world_size=rank.world, timeout=_timeout())
+    try:
+        dist.init_process_group(rank.backend, rank=rank.rank, world_size=rank.world, timeout=_timeout())
+    except dist.DistError as e:
+        raise CaffeError(f"rank {rank.rank}: could not meet the other ranks at {os.environ.get('MASTER_ADDR')}:"
+                         f"{os.environ.get('MASTER_PORT')}: {_first_line(e)}") from None
     try:
         return fn(*args, rank)
     except RuntimeError as e:
         if not _lost_contact(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CaffeError(f"rank {rank.rank}: lost the other ranks (one died, or a collective timed "
-                         f"out): {first}") from None
+                         f"out): {_first_line(e)}") from None
     except CaffeError as e:
         raise e if rank.rank == 0 else CaffeError(f"rank {rank.rank}: {e}") from None
     finally:
         dist.destroy_process_group()
+
+
+def _first_line(error):
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def _lost_contact(error):
@@ -159,7 +166,6 @@ def attach(solver, rank):
         return ACTIONS[int(flag.item())]
 
     solver.train_forward, solver.take_request = train_forward, take_request
-    return ddp
 
 
 # ---- several GPUs of this machine ----------------------------------------------------------

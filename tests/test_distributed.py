@@ -37,9 +37,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _rank_main(index, world, port, out, fn, args):
+def _rank_main(index, world, port, out, fn, args, timeout=20):
     os.chdir(GOLDEN)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PROTOCAFFE_DIST_TIMEOUT="20")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PROTOCAFFE_DIST_TIMEOUT=str(timeout))
     torch.set_num_threads(1)
     try:
         distributed.run(distributed.Rank(index, world, index), fn, out, *args)
@@ -92,7 +92,6 @@ def _signalled_train(out, rank):
 
 
 def train_alone(out, config, iter_size, max_iter, resume=None):
-    os.chdir(GOLDEN)
     solver = Solver(solver_param(config, out, iter_size, max_iter), weights=None if resume else INIT[config])
     solver.solve(resume)
     return solver
@@ -185,6 +184,16 @@ def test_a_dying_rank_is_reported_by_rank_0_without_a_hang(tmp_path):
     assert codes[1] == 3
     error = (tmp_path / "error0.txt").read_text()
     assert error.startswith("rank 0: lost the other ranks (one died, or a collective timed out)")
+
+
+def test_a_rank_that_never_comes_is_an_error_not_a_hang(tmp_path):
+    port = _free_port()
+    alone = CONTEXT.Process(target=_rank_main, args=(0, 2, port, tmp_path, _read_labels, (), 2))
+    alone.start()
+    alone.join(30)
+    assert alone.exitcode == 0
+    error = (tmp_path / "error0.txt").read_text()
+    assert error.startswith(f"rank 0: could not meet the other ranks at 127.0.0.1:{port}: ")
 
 
 def _exit_with_3_on_rank_1(rank):

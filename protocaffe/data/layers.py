@@ -18,7 +18,8 @@ Random choices come from the net's seeded generator: same seed, same batches.
 
 In distributed training (a torch.distributed process group is up), a TRAIN
 Data layer on rank r of N reads records r, r + N, r + 2N, ... of its database,
-as Caffe's DataLayer does with several solvers; TEST layers read everything.
+as Caffe's DataLayer does with several solvers; TEST layers read everything,
+and so does ImageData, as Caffe's (each rank in its own shuffled order).
 """
 import functools
 import logging
@@ -110,6 +111,12 @@ class _PrefetchingLayer(Layer):
             self._batches = Synchronous(fill, shape, dtype, self._next)
         self._started = (raw, self.workers)
 
+    def _shard(self):
+        """(rank, ranks) whose share of the records this layer reads: Caffe's (solver_rank, solver_count)."""
+        if self.phase == caffe_pb2.TRAIN and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def close(self):
         """Stop the workers; the next forward starts them again where this layer stands."""
         if self._batches is not None:
@@ -162,12 +169,6 @@ class Data(_PrefetchingLayer):
             log.warning("layer '%s': force_color and force_gray apply only to encoded Datums", self.name)
         self._setup_pipeline(reader, first, dp.batch_size, dp.source, seed)
 
-    def _shard(self):
-        """(rank, ranks) whose share of the records this layer reads: Caffe's (solver_rank, solver_count)."""
-        if self.phase == caffe_pb2.TRAIN and dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
 
 @register
 class ImageData(_PrefetchingLayer):
@@ -199,6 +200,9 @@ class ImageData(_PrefetchingLayer):
             first, _ = reader.image(skip)
         except CaffeError as e:
             raise self.error(str(e)) from None
+        if self._shard()[0] > 0 and not p.shuffle and not p.rand_skip:
+            log.warning("layer '%s': every rank reads the whole list; shuffle or rand_skip is "
+                        "recommended with several ranks (as Caffe says)", self.name)
         self._setup_pipeline(reader, first, p.batch_size, p.source, seed)
 
 
