@@ -178,6 +178,8 @@ def _free_port():
 
 def _spawned(index, fn, args, gpus, port, log_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores, as torchrun does
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(gpus)))
     logs.setup(log_dir if index == 0 else None)
     try:
         code = run(Rank(index, len(gpus), index, gpus[index]), fn, *args)
@@ -185,6 +187,15 @@ def _spawned(index, fn, args, gpus, port, log_dir):
         print(f"protocaffe train: error: {e}", file=sys.stderr)
         code = 1
     sys.exit(code or 0)
+
+
+def _failures(context, gpus, first):
+    """The ranks that ended on their own (not stopped by the launcher's SIGTERM), as one line."""
+    def how(code):
+        return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    ended = [i for i, p in enumerate(context.processes) if p.exitcode not in (0, -signal.SIGTERM)] or [first]
+    return "; ".join(f"rank {i} (device {gpus[i]}) {how(context.processes[i].exitcode)}" for i in ended) + \
+        "; the other ranks were stopped"
 
 
 def launch(fn, args, gpus, log_dir=None, backend="nccl"):
@@ -206,13 +217,10 @@ def launch(fn, args, gpus, log_dir=None, backend="nccl"):
     try:
         while not context.join():
             pass
-    except mp.ProcessExitedException as e:
-        raise CaffeError(f"rank {e.error_index} (device {gpus[e.error_index]}) exited with code "
-                         f"{e.exit_code}; the other ranks were stopped") from None
-    except mp.ProcessRaisedException as e:
-        print(e.msg, file=sys.stderr)
-        raise CaffeError(f"rank {e.error_index} (device {gpus[e.error_index]}) failed (traceback "
-                         "above); the other ranks were stopped") from None
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as e:
+        if isinstance(e, mp.ProcessRaisedException):
+            print(e.msg, file=sys.stderr)
+        raise CaffeError(_failures(context, gpus, e.error_index)) from None
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -51,9 +51,9 @@ def train(args, rank, gpu=None):
         distributed.seed(param, rank)
         gpu = rank.gpu
     solver = Solver(param, gpu=gpu, weights=args.weights or None)
+    solver.handle_signals(args.sigint_effect, args.sighup_effect)
     if rank is not None:
         distributed.attach(solver, rank)
-    solver.handle_signals(args.sigint_effect, args.sighup_effect)
     log.info("Starting Optimization")
     solver.solve(args.snapshot or None)
     log.info("Optimization Done.")
