@@ -34,7 +34,6 @@ def run(argv):
     rank = distributed.from_environment(gpus, param.solver_mode == caffe_pb2.SolverParameter.GPU)
     logs.setup(args.log_dir if rank is None or rank.rank == 0 else None)
     if rank is not None:
-        log.info("Rank %d of %d under torchrun, on %s", rank.rank, rank.world, rank.device)
         return distributed.run(rank, train, args)
     log.info("Use CPU." if not gpus else f"Using GPUs {', '.join(map(str, gpus))}")
     if len(gpus) > 1:
@@ -48,6 +47,7 @@ def train(args, rank, gpu=None):
     param.train_state.level = args.level
     param.train_state.stage.extend(s for s in args.stage.split(",") if s)
     if rank is not None:
+        log.info("Rank %d of %d, on %s", rank.rank, rank.world, rank.device)
         distributed.seed(param, rank)
         gpu = rank.gpu
     solver = Solver(param, gpu=gpu, weights=args.weights or None)
