@@ -7,25 +7,36 @@ from protocaffe.proto import caffe_pb2
 from protocaffe.speed import DEFAULT_PRECISION, Speed
 
 
-def parse_gpu(value):
-    """Caffe's --gpu: '' for the CPU, an id, 'all', or a list. One device only until scale-out lands."""
+def parse_gpus(value):
+    """Caffe's --gpu: '' for the CPU, an id, a comma-separated list of ids, or 'all'; the list of ids."""
     if value in (None, ""):
-        return None
-    ids = list(range(torch.cuda.device_count())) if value == "all" else value.split(",")
-    if value == "all" and not ids:
-        raise CaffeError("--gpu all: no CUDA device is available")
-    if len(ids) > 1:
-        raise CaffeError(f"--gpu {value}: training on several devices at once is not supported yet "
-                         "(it comes with the torch.distributed scale-out); give one device id")
+        return []
+    ids = None if value == "all" else value.split(",")
     try:
-        gpu = int(ids[0])
+        ids = ids and [int(i) for i in ids]
     except ValueError:
-        raise CaffeError(f"--gpu expects a device id, 'all' or nothing; found '{value}'") from None
+        raise CaffeError(f"--gpu expects a device id, a comma-separated list of ids or 'all'; "
+                         f"found '{value}'") from None
     if not torch.cuda.is_available():
-        raise CaffeError(f"--gpu {gpu}: no CUDA device is available on this machine")
-    if gpu >= torch.cuda.device_count():
-        raise CaffeError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return gpu
+        raise CaffeError(f"--gpu {value}: no CUDA device is available on this machine")
+    count = torch.cuda.device_count()
+    if ids is None:
+        return list(range(count))
+    for gpu in ids:
+        if not 0 <= gpu < count:
+            raise CaffeError(f"--gpu {value}: there is no GPU {gpu}; this machine has {count} CUDA "
+                             f"device(s), numbered 0 to {count - 1}")
+    if len(set(ids)) != len(ids):
+        raise CaffeError(f"--gpu {value}: a device is listed twice")
+    return ids
+
+
+def parse_gpu(value):
+    """--gpu for the commands that run on one device: None for the CPU, else the device id."""
+    ids = parse_gpus(value)
+    if len(ids) > 1:
+        raise CaffeError(f"--gpu {value}: this command runs on one device; give one id")
+    return ids[0] if ids else None
 
 
 def device_for(gpu):

@@ -1,9 +1,14 @@
-"""``protocaffe train --solver S [--weights W | --snapshot X] [--gpu N]``: Caffe's ``caffe train``."""
-from protocaffe import log as logs
-from protocaffe.commands.common import add_speed_flags, parse_gpu, speed_from
+"""``protocaffe train --solver S [--weights W | --snapshot X] [--gpu N | --gpu 0,1,... | --gpu all]``: Caffe's ``caffe train``.
+
+Several GPUs train data-parallel, one process each (protocaffe.distributed); so
+does every process torchrun starts (``torchrun ... -m protocaffe train ...``).
+"""
+from protocaffe import distributed, log as logs
+from protocaffe.commands.common import add_speed_flags, parse_gpus, speed_from
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log
+from protocaffe.proto import caffe_pb2
 from protocaffe.solver import Solver, read_solver_param
 from protocaffe.speed import check_precision
 
@@ -13,7 +18,8 @@ def run(argv):
     f.flag("solver", "", "the solver definition protocol buffer text file")
     f.flag("weights", "", "pretrained weights to finetune from, comma-separated; not with --snapshot")
     f.flag("snapshot", "", "a .solverstate to resume training from")
-    f.flag("gpu", "", "the GPU id to use; empty for the CPU (or the solver's solver_mode)")
+    f.flag("gpu", "", "the GPU ids to use, comma-separated, or 'all'; empty for the CPU "
+                      "(or the solver's solver_mode)")
     f.flag("level", 0, "the train net's level")
     f.flag("stage", "", "the train net's stages, comma-separated")
     f.flag("sigint_effect", "stop", "what SIGINT does: stop, snapshot or none")
@@ -21,20 +27,37 @@ def run(argv):
     f.flag("log_dir", "", "also write the log to a file in this folder")
     add_speed_flags(f, precision="")
     args = f.parse(argv)
-    logs.setup(args.log_dir or None)
     if not args.solver:
         raise CaffeError("need a solver definition to train: --solver <file>")
     if args.snapshot and args.weights:
         raise CaffeError("give a snapshot to resume training or weights to finetune, but not both")
     param = read_solver_param(args.solver)
+    gpus = parse_gpus(args.gpu)
+    rank = distributed.from_environment(gpus, param.solver_mode == caffe_pb2.SolverParameter.GPU)
+    logs.setup(args.log_dir if rank is None or rank.rank == 0 else None)
+    if rank is not None:
+        return distributed.run(rank, train, args)
+    log.info("Use CPU." if not gpus else f"Using GPUs {', '.join(map(str, gpus))}")
+    if len(gpus) > 1:
+        return distributed.launch(train, (args,), gpus, args.log_dir or None)
+    return train(args, None, gpus[0] if gpus else None)
+
+
+def train(args, rank, gpu=None):
+    """Train with one solver: the whole job, or one rank's share (``rank``, a distributed.Rank)."""
+    param = read_solver_param(args.solver)
     param.train_state.level = args.level
     param.train_state.stage.extend(s for s in args.stage.split(",") if s)
     if args.precision:
         param.precision = check_precision(args.precision)
-    gpu = parse_gpu(args.gpu)
-    log.info("Use CPU." if gpu is None else f"Using GPUs {gpu}")
+    if rank is not None:
+        log.info("Rank %d of %d, on %s", rank.rank, rank.world, rank.device)
+        distributed.seed(param, rank)
+        gpu = rank.gpu
     solver = Solver(param, gpu=gpu, weights=args.weights or None, speed=speed_from(args, param.precision))
     solver.handle_signals(args.sigint_effect, args.sighup_effect)
+    if rank is not None:
+        distributed.attach(solver, rank)
     log.info("Starting Optimization")
     solver.solve(args.snapshot or None)
     log.info("Optimization Done.")

@@ -101,35 +101,40 @@ def decode_datum(raw, source, force_color=False, force_gray=False):
 
 
 class LmdbReader:
-    """Batch ``k`` of an LMDB: records ``start + k * batch_size + j`` (modulo the count), decoded.
+    """Batch ``k`` of an LMDB: item ``j`` is record ``start + (k * batch_size + j) * shards + shard``
+    (modulo the count), decoded.
 
+    ``(shard, shards)`` is Caffe's (solver_rank, solver_count): with several
+    solvers, each takes every ``shards``-th record of the one endless stream, so
+    in each pass over the database every record goes to exactly one of them.
     Batches are found by position, so any number of workers each reading every
     n-th batch give the same stream; moving forward skips records unread.
     The cursor opens lazily in the process that reads, so a forked worker has its own.
     """
 
-    def __init__(self, path, batch_size, start, force_color, force_gray):
+    def __init__(self, path, batch_size, start, force_color, force_gray, shard=(0, 1)):
         self.path, self.batch_size, self.start = os.fspath(path), batch_size, start
         self.force_color, self.force_gray = force_color, force_gray
+        self.shard = shard
         self.count = open_lmdb(self.path).stat()["entries"]
         self._cursor, self._pid, self._pos = None, None, 0
 
     def batch(self, k):
         """(list of (C, H, W) arrays, float32 labels) for batch ``k``."""
-        cursor = self._cursor_at((self.start + k * self.batch_size) % self.count)
+        rank, shards = self.shard
         items = []
-        for _ in range(self.batch_size):
-            items.append(decode_datum(cursor.next()[1], self.path, self.force_color, self.force_gray))
-        self._pos = (self._pos + self.batch_size) % self.count
+        for j in range(self.batch_size):
+            record = self._read((self.start + (k * self.batch_size + j) * shards + rank) % self.count)
+            items.append(decode_datum(record, self.path, self.force_color, self.force_gray))
         return [a for a, _ in items], np.array([label for _, label in items], np.float32)
 
-    def _cursor_at(self, position):
+    def _read(self, position):
         if self._cursor is None or self._pid != os.getpid():
             self._cursor, self._pid, self._pos = Cursor(self.path), os.getpid(), 0
         for _ in range((position - self._pos) % self.count):
             self._cursor.advance()
-        self._pos = position
-        return self._cursor
+        self._pos = (position + 1) % self.count
+        return self._cursor.next()[1]
 
     def close(self):
         """Let go of the cursor (before forking workers, so none inherits an open transaction)."""

@@ -15,12 +15,18 @@ Workers start at the first forward; ``PROTOCAFFE_DATA_WORKERS=0`` (or
 A layer's position persists across forwards and wraps at the end of the
 data, as Caffe's does (a test net continues where its last round stopped).
 Random choices come from the net's seeded generator: same seed, same batches.
+
+In distributed training (a torch.distributed process group is up), a TRAIN
+Data layer on rank r of N reads records r, r + N, r + 2N, ... of its database,
+as Caffe's DataLayer does with several solvers; TEST layers read everything,
+and so does ImageData, as Caffe's (each rank in its own shuffled order).
 """
 import functools
 import logging
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from protocaffe.data import transform
 from protocaffe.data.db import Cursor, LmdbReader, decode_datum
@@ -105,6 +111,12 @@ class _PrefetchingLayer(Layer):
             self._batches = Synchronous(fill, shape, dtype, self._next)
         self._started = (raw, self.workers)
 
+    def _shard(self):
+        """(rank, ranks) whose share of the records this layer reads: Caffe's (solver_rank, solver_count)."""
+        if self.phase == caffe_pb2.TRAIN and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def close(self):
         """Stop the workers; the next forward starts them again where this layer stands."""
         if self._batches is not None:
@@ -145,7 +157,12 @@ class Data(_PrefetchingLayer):
             first, _ = decode_datum(record, dp.source, tp.force_color, tp.force_gray)
             seed, skip_seed = _seeds(self.ctx.generator, 2)
             skip = int(np.random.default_rng(skip_seed).integers(dp.rand_skip)) if dp.rand_skip else 0
-            reader = LmdbReader(dp.source, dp.batch_size, skip, tp.force_color, tp.force_gray)
+            shard = self._shard()
+            if shard[1] > 1 and skip:
+                log.warning("layer '%s': rand_skip is ignored with %d ranks (each reads every %d-th "
+                            "record from the first)", self.name, shard[1], shard[1])
+                skip = 0
+            reader = LmdbReader(dp.source, dp.batch_size, skip, tp.force_color, tp.force_gray, shard)
         except CaffeError as e:
             raise self.error(str(e)) from None
         if (tp.force_color or tp.force_gray) and not caffe_pb2.Datum.FromString(record).encoded:
@@ -183,6 +200,9 @@ class ImageData(_PrefetchingLayer):
             first, _ = reader.image(skip)
         except CaffeError as e:
             raise self.error(str(e)) from None
+        if self._shard()[0] > 0 and not p.shuffle and not p.rand_skip:
+            log.warning("layer '%s': every rank reads the whole list; shuffle or rand_skip is "
+                        "recommended with several ranks (as Caffe says)", self.name)
         self._setup_pipeline(reader, first, p.batch_size, p.source, seed)
 
 

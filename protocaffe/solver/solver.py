@@ -132,6 +132,8 @@ class Solver:
         self.losses = []
         self.smoothed_loss = 0.0
         self.requested_action = None
+        #: Caffe's root_solver(): only the root tests, displays and snapshots (hook: protocaffe.distributed)
+        self.root = True
         for w in list(p.weights) + ([weights] if isinstance(weights, str) else list(weights or [])):
             self.copy_weights(w)
 
@@ -157,10 +159,12 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         stopped = self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if self.root and p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
         if stopped:
             log.info("Optimization stopped early.")
+            return
+        if not self.root:
             return
         if p.display and self.iter % p.display == 0:
             with torch.no_grad(), self.speed.autocast(self.device):
@@ -178,15 +182,16 @@ class Solver:
         self.losses, self.smoothed_loss = [], 0.0
         last_time, last_iter = time.perf_counter(), self.iter
         while self.iter < stop_iter:
-            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+            if self.root and p.test_interval and self.iter % p.test_interval == 0 and \
+                    (self.iter > 0 or p.test_initialization):
                 self.test_all()
             for lp in self.params:
                 lp.tensor.grad = None
-            display = p.display and self.iter % p.display == 0
+            display = self.root and p.display and self.iter % p.display == 0
             loss, outputs = 0.0, None
-            for _ in range(p.iter_size):
+            for k in range(p.iter_size):
                 with self.speed.autocast(self.device):
-                    blobs = self.net()
+                    blobs = self.train_forward(last=k == p.iter_size - 1)
                     total = self.net.loss(blobs)
                 if total.requires_grad:
                     self.speed.backward(total)  # fp16: the loss scaled
@@ -208,12 +213,25 @@ class Solver:
                 log.info("Iteration %d: gradients overflowed in fp16; update skipped, loss scale lowered",
                          self.iter)
             self.iter += 1
-            action, self.requested_action = self.requested_action, None
-            if (p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot":
+            action = self.take_request()
+            if self.root and ((p.snapshot and self.iter % p.snapshot == 0) or action == "snapshot"):
                 self.snapshot()
             if action == "stop":
                 return True
         return False
+
+    # ---- hooks: protocaffe.distributed replaces these two on the instance -----------------
+
+    def train_forward(self, last):
+        """The train net's blobs for one of the iter_size forwards; ``last`` marks the final one,
+        whose backward a distributed wrapper also uses to all-reduce the gradients."""
+        return self.net()
+
+    def take_request(self):
+        """The action a signal asked for since the last iteration: 'stop', 'snapshot' or None.
+        Distributed, every rank takes the same one (agreed at the iteration boundary)."""
+        action, self.requested_action = self.requested_action, None
+        return action
 
     def _smooth(self, loss, start_iter):
         """Caffe's UpdateSmoothedLoss: the mean of the last average_loss losses.
