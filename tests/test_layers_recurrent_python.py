@@ -305,7 +305,8 @@ def scale_layer(param=""):
     return f'layer {{ name: "sc" type: "Scale" bottom: "x" top: "y_sc" {param} }}\n'
 
 
-SCALE_INPUT = ('layer { name: "in" type: "Input" top: "x" '
+# no loss in these nets: force_backward so that Caffe's rule runs every layer's backward
+SCALE_INPUT = ('force_backward: true\nlayer { name: "in" type: "Input" top: "x" '
                'input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }\n')
 
 
