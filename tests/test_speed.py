@@ -99,14 +99,17 @@ def test_fp32_settings_leave_the_net_as_it_is():
 
 
 def train_example(folder, data, precision):
-    """The example's net and solver shortened to 400 iterations; test accuracy before and after."""
+    """The example's net and solver shortened to 800 iterations (lr / 10 at 600); test accuracy
+    before and after. At 400 iterations accuracy is still climbing steeply and bf16's rounding
+    moves it by more than 0.1 on some seeds; after the step both runs sit near their plateau."""
     from protocaffe.solver import read_solver_param
     text = (ROOT / "examples/shapes/train_val.prototxt").read_text().replace("examples/shapes/data", str(data))
     (folder / "net.prototxt").write_text(text)
     p = read_solver_param(ROOT / "examples/shapes/solver.prototxt")
     p.net, p.precision = str(folder / "net.prototxt"), precision
-    p.max_iter, p.test_interval, p.display = 400, 400, 0
+    p.max_iter, p.test_interval, p.display = 800, 800, 0
     del p.stepvalue[:]
+    p.stepvalue.append(600)
     p.test_iter[0] = 1
     p.snapshot_prefix = str(folder / "snap")
     solver = Solver(p)
@@ -126,8 +129,8 @@ def test_bf16_training_of_the_example_learns_like_fp32(tmp_path):
         (tmp_path / precision).mkdir()
         results[precision] = train_example(tmp_path / precision, data, precision)
     (before32, after32), (before16, after16) = results["fp32"], results["bf16"]
-    assert after32 >= 0.45 and after32 > before32 + 0.25  # the shortened schedule learns
-    assert after16 > before16 + 0.25 and abs(after16 - after32) <= 0.1, results
+    assert after32 >= 0.6 and after32 > before32 + 0.4  # the shortened schedule learns
+    assert after16 > before16 + 0.4 and abs(after16 - after32) <= 0.1, results
 
 
 class Reads(TorchDispatchMode):
