@@ -42,6 +42,7 @@ class _Entry:
     lr_mults: list = field(default_factory=list)
     propagate_down: list = field(default_factory=list)
     inner_layer: bool = False  # built with a helper layer from Caffe's registry (logged again)
+    split: bool = False  # a Split layer inserted by InsertSplits (no plan step of its own)
 
 
 def caffe_layers(net):
@@ -78,7 +79,7 @@ def caffe_layers(net):
             if n > 1:
                 entries.append(_Entry(f"{t}_{layer.name}_{j}_split", [t],
                                       [f"{t}_{layer.name}_{j}_split_{k}" for k in range(n)],
-                                      [w] + [0.0] * (n - 1)))
+                                      [w] + [0.0] * (n - 1), split=True))
                 if w:  # Caffe clears the layer's own loss weights: it falls back to its type's default
                     entry.loss_weights = [float(layer.is_loss and k == 0) for k in range(len(step.tops))]
                     used[i, j] = used.get((i, j), 0) + 1
@@ -112,17 +113,19 @@ def log_net(net):
                 log.info("    with loss weight %s", g(weight))
             memory += count
         log.info("Memory required for data: %d", memory * BYTES_PER_VALUE)
-    for name, needed in reversed(need_backward(entries)):
-        log.info("%s %s backward computation.", name, "needs" if needed else "does not need")
+    for e, needed, _ in reversed(need_backward(entries)):
+        log.info("%s %s backward computation.", e.name, "needs" if needed else "does not need")
     for name in net.output_names:
         log.info("This network produces output %s", name)
     log.info("Network initialization done.")
 
 
-def need_backward(entries):
-    """[(layer name, needs backward)] by Caffe's two passes: forward, a layer needs backward when a
-    bottom does or a parameter has lr_mult != 0; backward, it keeps it only if it feeds a loss
-    and not every top was cut off by the consumers' ``propagate_down: false``."""
+def need_backward(entries, force_backward=False):
+    """[(entry, needs backward, [each bottom needs a gradient])] by Caffe's two passes: forward, a
+    layer needs backward when a bottom does or a parameter has lr_mult != 0; backward, it keeps
+    it only if it feeds a loss and not every top was cut off by the consumers' ``propagate_down:
+    false``. Under ``force_backward`` every layer runs backward and every bottom gets a gradient
+    (the loss layers' labels are left to the layers, which give them none)."""
     blob_needs, rows = set(), []
     for e in entries:
         bottom_needs = [e.propagate_down[i] if e.propagate_down else b in blob_needs
@@ -143,7 +146,10 @@ def need_backward(entries):
                 under_loss.add(bottom)
             if not (contributes and bottom_need):
                 skipped.add(bottom)
-    return [(e.name, needs) for e, needs, _ in rows]
+        row[2] = [contributes and need for need in bottom_needs]
+    if force_backward:
+        return [(e, True, [True] * len(e.bottoms)) for e, _, _ in rows]
+    return [tuple(row) for row in rows]
 
 
 def log_ignored(source, net_layer_names):

@@ -183,10 +183,80 @@ def test_loss_scaler_unscales_and_grows_as_grad_scaler():
     assert float(scaler.scale) == 16.0  # two finite steps: doubled
 
 
-def test_time_needs_no_gradient_for_the_data():
-    net, _ = slim_caffenet()
+def slim_caffenet_deploy():
+    """The slim CaffeNet without the golden file's force_backward: a plain deploy net."""
+    param = text_format.Parse((NETS / "slim_caffenet_deploy.prototxt").read_text(), caffe_pb2.NetParameter())
+    param.ClearField("force_backward")
+    return netlib.build_net(param, caffe_pb2.TEST, seed=1)
+
+
+def time_net(extra=""):
+    param = text_format.Parse(extra + TRAIN_NET, caffe_pb2.NetParameter())
+    return netlib.build_net(param, caffe_pb2.TRAIN, seed=1)
+
+
+def test_time_takes_caffes_backward_decisions():
+    # a net with a loss: every bottom but the data's (and the labels', which the loss layer
+    # never differentiates); a deploy net (no loss): none, as `caffe time` logs "does not
+    # need backward computation" for every layer; force_backward: every bottom
+    needed = needing_gradients(time_net())
+    assert needed == {"data": (), "conv": (False,), "relu": (True,), "norm": (True,), "pool": (True,),
+                      "fc": (True,), "loss": (True, False)}
+    assert not any(any(flags) for flags in needing_gradients(slim_caffenet_deploy()).values())
+    forced = needing_gradients(time_net("force_backward: true\n"))
+    assert forced["conv"] == (True,) and forced["loss"] == (True, True)
+
+
+def test_time_computes_weight_gradients_of_a_deploy_net_and_nothing_else():
+    from protocaffe.commands.time import backward_layers, forward_layers
+    net = slim_caffenet_deploy()
     needed = needing_gradients(net)
-    assert "data" not in needed and {"conv1", "norm1", "fc8", "prob"} <= needed
+    record = forward_layers(net, torch.device("cpu"), {s.key: 0.0 for s in net.plan}, needed, Speed())
+    backward_layers(net, record, torch.device("cpu"), {s.key: 0.0 for s in net.plan})
+    assert all(p.grad is not None for p in net.parameters())
+    assert all(t.grad is None for _, inputs, _ in record for t in inputs)
+
+
+def test_cross_channel_lrn_backward_is_the_gradient_of_its_forward():
+    from protocaffe.layer_types.vision import _CrossChannelLRN
+    x = torch.randn(2, 7, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 5
+    for size, alpha, beta, k in [(5, 1e-4, 0.75, 1.0), (3, 0.5, 0.9, 2.0)]:
+        assert torch.autograd.gradcheck(lambda t: _CrossChannelLRN.apply(t, size, alpha, beta, k),
+                                        x.clone().requires_grad_())
+
+
+def test_small_batch_inner_product_in_bf16_keeps_a_float32_weight_gradient():
+    from protocaffe.speed import LowPrecisionLinear
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 40, generator=g, requires_grad=True)
+    w = torch.randn(16, 40, generator=g, requires_grad=True)
+    b = torch.randn(16, generator=g, requires_grad=True)
+    dy = torch.randn(6, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = torch.nn.functional.linear(x, w, b)
+    expected = torch.autograd.grad(plain, (x, w, b), dy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = LowPrecisionLinear.apply(x, w, b, torch.bfloat16)
+    got = torch.autograd.grad(out, (x, w, b), dy)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, plain)  # autocast's forward, bit for bit
+    assert torch.equal(got[0], expected[0])  # the input's gradient as autocast computes it
+    exact = dy.bfloat16().double().t() @ x.bfloat16().double()  # of the bf16 operands, unrounded
+    assert torch.allclose(got[1].double(), exact, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(expected[1].double(), exact, rtol=1e-6, atol=1e-6)  # autocast rounds it
+    torch.testing.assert_close(got[2], dy.bfloat16().float().sum(0))
+
+
+def test_inner_product_takes_the_float32_weight_gradient_on_the_cpu_at_small_batches():
+    net = time_net()
+    Speed("bf16").prepare(net)
+    fc = net.layers["fc"]
+    assert fc.fp32_weight_gradient
+    with Speed("bf16").autocast(torch.device("cpu")):
+        out = net()
+    assert out["fc"].grad_fn.name().endswith("LowPrecisionLinearBackward")
+    fp32 = time_net()
+    Speed().prepare(fp32)
+    assert not fp32.layers["fc"].fp32_weight_gradient
 
 
 def test_time_reports_rates_in_bf16(capsys):

@@ -2,11 +2,12 @@
 
 Prints the matrix-multiply ceiling measured now (fp32 and bf16 GFLOP/s), then for
 each device, batch, precision, layout and eager/compiled: forward+backward ms per
-batch, images/s, achieved GFLOP/s (convolutions and matrix products, as
-``protocaffe time`` counts them: no gradient for the data) and its share of the
-ceiling; beside it the same network written by hand in PyTorch. Configurations are
-measured in turns, ``--rounds`` times each, and the best round is kept (the machine
-may be shared).
+batch, images/s, achieved GFLOP/s (convolutions and matrix products; no gradient for
+the data) and its share of the ceiling; beside it the same network written by hand in
+PyTorch. The backward runs from ``prob`` through every layer, as training does
+(``protocaffe time`` on the deploy net does Caffe's work instead: weight gradients only,
+a deploy net having no loss). Configurations are measured in turns, ``--rounds`` times
+each, and the best round is kept (the machine may be shared).
 
 ``--against DIR`` also runs ``protocaffe time`` alternately from the checkout in DIR
 (e.g. the code before this change) and from this one, in fp32 and bf16, and prints
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protocaffe import TEST
-from protocaffe.commands.time import forward_layers, needing_gradients, step_flops
+from protocaffe.commands.time import forward_layers, step_flops
 from protocaffe.net import build_net
 from protocaffe.speed import Speed, matmul_ceiling
 
@@ -79,12 +80,14 @@ def time_ms(fn, device, iterations):
 
 
 def caffenet_flops(device, batch):
-    """FLOPs of one forward+backward of the deploy net at ``batch``, counted layer by layer."""
+    """FLOPs of one forward+backward of the deploy net at ``batch``, counted layer by layer, with
+    a gradient for every bottom but the data (what the backward from ``prob`` below computes)."""
     net = build_net(str(DEPLOY), TEST, seed=1).to(device)
     net.layers["data"].shapes = [(batch,) + tuple(net.layers["data"].shapes[0][1:])]
     flops = {}
-    forward_layers(net, device, {s.key: 0.0 for s in net.plan}, needing_gradients(net), Speed(), flops)
-    return step_flops(net, flops, needing_gradients(net))
+    needed = {s.key: tuple(b != "data" for b in s.bottoms) for s in net.plan}
+    forward_layers(net, device, {s.key: 0.0 for s in net.plan}, needed, Speed(), flops)
+    return step_flops(net, flops, needed)
 
 
 def configurations(device, batch, args):

@@ -2,9 +2,12 @@
 
 Times each layer's forward and backward, running the net layer by layer as
 Caffe does (each layer's backward on its own, fed the gradients of the layers
-above), and prints the averages in Caffe's words. As in Caffe, only the blobs
-whose gradient someone needs get one (not the data's). Then images/s and the
-achieved GFLOP/s against the machine's measured matrix-multiply ceiling.
+above), and prints the averages in Caffe's words. The work is Caffe's: each
+layer computes the gradients of its learnable parameters (lr_mult != 0) and of
+the bottoms that Caffe's Net::Init marks as needing one (never the data's; none
+at all in a net without a loss, such as a deploy net, unless it sets
+force_backward). Then images/s and the achieved GFLOP/s against the machine's
+measured matrix-multiply ceiling.
 """
 import contextlib
 import time
@@ -20,6 +23,7 @@ from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, g
 from protocaffe.net import build_net
+from protocaffe.netlog import caffe_layers, need_backward
 from protocaffe.proto import caffe_pb2
 from protocaffe.speed import matmul_ceiling
 
@@ -30,14 +34,14 @@ def _sync(device):
 
 
 def needing_gradients(net):
-    """The blobs whose gradient backward computes, as Caffe's Net::Init decides: the tops of
-    layers with a learnable parameter or a bottom that needs one (not the data's)."""
-    needed = set()
-    for step in net.plan:
-        layer = net.layers[step.key]
-        if any(p.requires_grad for p in layer.parameters()) or any(b in needed for b in step.bottoms):
-            needed.update(step.tops)
-    return needed
+    """{plan step key: (each bottom gets a gradient)}, as Caffe's Net::Init decides
+    (bottom_need_backward, which ``caffe time`` passes to each layer's Backward)."""
+    rows = [row for row in need_backward(caffe_layers(net), net.param.force_backward) if not row[0].split]
+    return {step.key: tuple(needs) for step, (_, _, needs) in zip(net.plan, rows)}
+
+
+def _learns(layer):
+    return any(p.requires_grad for p in layer.parameters())
 
 
 def forward_layers(net, device, times, needed, speed, flops=None):
@@ -46,8 +50,8 @@ def forward_layers(net, device, times, needed, speed, flops=None):
     blobs, record = {}, []
     for step in net.plan:
         layer = net.layers[step.key]
-        inputs = [blobs[b].detach().requires_grad_(b in needed and blobs[b].is_floating_point())
-                  for b in step.bottoms]
+        inputs = [blobs[b].detach().requires_grad_(need and blobs[b].is_floating_point())
+                  for b, need in zip(step.bottoms, needed[step.key])]
         _sync(device)
         start = time.perf_counter()
         counter = FlopCounterMode(display=False) if flops is not None else contextlib.nullcontext()
@@ -66,11 +70,12 @@ def forward_layers(net, device, times, needed, speed, flops=None):
 def backward_layers(net, record, device, times):
     """Backward in reverse layer order, accumulating each blob's gradient from its consumers.
 
-    The loss tops are seeded with their loss weights; a net without a loss (a deploy
-    net) has its outputs seeded with ones, as Caffe's force_backward would time it.
+    The loss tops are seeded with their loss weights. A top that nobody sends a gradient
+    (in a net without a loss, every top) gets ones: Caffe's layer reads whatever its top's
+    diff holds, and the work is the same.
     """
     grads = {}
-    seeds = net.loss_tops() or {name: 1.0 for name in net.output_names}
+    seeds = net.loss_tops()
     for step, inputs, outs in reversed(record):
         pairs = []
         for top, out in zip(step.tops, outs):
@@ -79,8 +84,8 @@ def backward_layers(net, record, device, times):
             if w:
                 seed = torch.full_like(out, w)
                 grad = seed if grad is None else grad + seed
-            if grad is not None and out.requires_grad:
-                pairs.append((out, grad))
+            if out.requires_grad:
+                pairs.append((out, torch.ones_like(out) if grad is None else grad))
         if not pairs:
             continue
         _sync(device)
@@ -151,8 +156,7 @@ def step_flops(net, forward_flops, needed):
     where these are computed."""
     total = 0
     for step in net.plan:
-        layer = net.layers[step.key]
-        grads = any(p.requires_grad for p in layer.parameters()) + any(b in needed for b in step.bottoms)
+        grads = _learns(net.layers[step.key]) + any(needed[step.key])
         total += forward_flops.get(step.key, 0) * (1 + grads)
     return total
 
