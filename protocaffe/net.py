@@ -20,6 +20,7 @@ from protocaffe import fileio, netlog
 from protocaffe.errors import CaffeError
 from protocaffe.data import hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.layer_types import BuildContext, layer_class
+from protocaffe.log import LOGGER as log
 from protocaffe.proto import caffe_pb2
 from protocaffe.upgrade import upgrade_net
 
@@ -38,27 +39,37 @@ def read_weights_param(path):
 
 # ---- 2. filter by NetState ---------------------------------------------------
 
-def state_meets_rule(state, rule):
-    """Caffe's StateMeetsRule: phase, min/max level, required stages and forbidden stages."""
+def state_meets_rule(state, rule, layer_name):
+    """Caffe's StateMeetsRule: phase, min/max level, required stages and forbidden stages,
+    checked in that order; the first that fails is logged in Caffe's words (its wording
+    for min_level too)."""
+    def fails(why):
+        log.info("%s specified by a rule in layer %s", why, layer_name)
+        return False
     if rule.HasField("phase") and rule.phase != state.phase:
-        return False
+        return fails(f"The NetState phase ({state.phase}) differed from the phase ({rule.phase})")
     if rule.HasField("min_level") and state.level < rule.min_level:
-        return False
+        return fails(f"The NetState level ({state.level}) is above the min_level ({rule.min_level})")
     if rule.HasField("max_level") and state.level > rule.max_level:
-        return False
+        return fails(f"The NetState level ({state.level}) is above the max_level ({rule.max_level})")
     stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    return not any(s in stages for s in rule.not_stage)
+    for stage in rule.stage:
+        if stage not in stages:
+            return fails(f"The NetState did not contain stage '{stage}'")
+    for stage in rule.not_stage:
+        if stage in stages:
+            return fails(f"The NetState contained a not_stage '{stage}'")
+    return True
 
 
 def layer_included(layer, state):
-    """A layer with include rules needs one that matches; otherwise no exclude rule may match."""
+    """A layer with include rules needs one that matches; otherwise no exclude rule may match
+    (both checked in order up to the first that decides, as Caffe's FilterNet)."""
     if len(layer.include) and len(layer.exclude):
         raise CaffeError(f"layer '{layer.name}': specify either include rules or exclude rules, not both")
     if len(layer.include):
-        return any(state_meets_rule(state, r) for r in layer.include)
-    return not any(state_meets_rule(state, r) for r in layer.exclude)
+        return any(state_meets_rule(state, r, layer.name) for r in layer.include)
+    return not any(state_meets_rule(state, r, layer.name) for r in layer.exclude)
 
 
 def net_state(param, phase=None, level=None, stages=()):

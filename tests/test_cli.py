@@ -7,7 +7,7 @@ import sys
 import pytest
 from tqdm import tqdm
 
-from conftest import GOLDEN, HAS_CUDA
+from conftest import DATA, GOLDEN, HAS_CUDA
 
 ROOT = GOLDEN.parents[2]
 from protocaffe import log as logs, net as netlib
@@ -260,7 +260,8 @@ def test_mistyped_command_suggests_the_closest(capsys):
 # ---- Caffe's net-construction log -------------------------------------------------------------
 
 NET_INIT = re.compile(r"Creating [lL]ayer|<-|->|Setting up|Top shape|with loss weight|Memory required|"
-                      r"backward computation|produces output|initialization done|Ignoring source layer")
+                      r"backward computation|produces output|initialization done|Ignoring source layer|"
+                      r"specified by a rule in layer")
 
 
 def messages(log_text):
@@ -287,6 +288,18 @@ def test_train_log_has_caffes_net_lines_and_ignored_layers(golden_cwd, tmp_path,
     ours = messages(capsys.readouterr().err)
     theirs = messages((GOLDEN / "solver" / "sgd_step_caffenet" / "caffe.log").read_text())
     assert ours == theirs
+
+
+def test_include_and_exclude_rules_are_logged_as_caffe_logs_them(capsys):
+    """Every kind of rule that fails (phase, min_level, max_level, stage, not_stage, in include
+    and exclude), against a real `caffe time` log of the same net and NetState."""
+    rules = DATA / "caffe_rules"
+    assert main(["time", "--model", str(rules / "rules.prototxt"), "--iterations", "1",
+                 "--level", "1", "--stage", "s1"]) == 0
+    ours = messages(capsys.readouterr().err)
+    theirs = messages((rules / "caffe_time.log").read_text())
+    assert ours == theirs
+    assert "The NetState level (1) is above the min_level (2) specified by a rule in layer b" in ours
 
 
 def test_weights_layers_missing_from_the_net_are_ignored_as_caffe_logs(golden_cwd, tmp_path, capsys):
