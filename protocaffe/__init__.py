@@ -5,6 +5,7 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``Net(prototxt, [weights], phase)``, ``TRAIN``, ``TEST``
 - ``set_mode_cpu()``, ``set_mode_gpu()``, ``set_device(i)``
 - ``get_solver(path)``, ``SGDSolver(path)`` and the other solver types
+- ``NCCL``, ``set_solver_count``, ``set_solver_rank``: pycaffe's multi-process training
 - ``CaffeNet`` / ``build_net``: the plain ``torch.nn.Module`` underneath
 - ``caffe_pb2``: the generated schema, as ``caffe.proto.caffe_pb2``
 - ``Layer``: the base class of Python layers (``type: "Python"``), pycaffe's ``caffe.Layer``
@@ -20,10 +21,11 @@ from protocaffe.layer_types.python import Layer
 from protocaffe.net import CaffeNet, build_net
 from protocaffe.net_spec import NetSpec, layers, params, to_proto
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net,
+from protocaffe.pycaffe import (NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net,
                                 NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN, Timer,
                                 get_solver, has_nccl, init_log, layer_type_list, set_device,
-                                set_mode_cpu, set_mode_gpu, set_random_seed)
+                                set_mode_cpu, set_mode_gpu, set_multiprocess, set_random_seed,
+                                set_solver_count, set_solver_rank, solver_count, solver_rank)
 
 from protocaffe.classifier import Classifier
 from protocaffe.detector import Detector
@@ -37,7 +39,8 @@ __all__ = [
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
     "Layer", "draw", "io", "Classifier", "Detector", "Solver", "Timer", "has_nccl", "init_log",
     "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",
-    "export_onnx",
+    "export_onnx", "NCCL", "set_multiprocess", "set_solver_count", "set_solver_rank", "solver_count",
+    "solver_rank",
 ]
 
 

@@ -168,6 +168,40 @@ def attach(solver, rank):
     solver.train_forward, solver.take_request = train_forward, take_request
 
 
+# ---- Caffe::solver_count() and solver_rank() ---------------------------------------------
+
+_SOLVERS = {"count": 1, "rank": 0}
+"""pycaffe's set_solver_count / set_solver_rank, for processes not (yet) in a process group."""
+
+
+def solver_count():
+    """Caffe::solver_count(): the size of this process's group, else pycaffe's setting (1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return _SOLVERS["count"]
+
+
+def solver_rank():
+    """Caffe::solver_rank(): this process's rank in its group, else pycaffe's setting (0)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return _SOLVERS["rank"]
+
+
+def set_solver_count(count):
+    _SOLVERS["count"] = int(count)
+
+
+def set_solver_rank(rank):
+    """Set this process's rank; as in Caffe, only rank 0 (the root solver) logs at INFO."""
+    if int(rank) != 0 and "level" not in _SOLVERS:
+        _SOLVERS["level"] = log.level
+        log.setLevel(logging.WARNING)
+    elif int(rank) == 0 and "level" in _SOLVERS:
+        log.setLevel(_SOLVERS.pop("level"))
+    _SOLVERS["rank"] = int(rank)
+
+
 # ---- several GPUs of this machine ----------------------------------------------------------
 
 def _free_port():

@@ -163,6 +163,62 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path):
     assert sorted(f.name for f in tmp_path.glob("snap_*")) == ["snap_iter_1.caffemodel", "snap_iter_1.solverstate"]
 
 
+# ---- pycaffe's multi-process pattern (Caffe's python/train.py) -----------------------------
+
+def _pycaffe_rank(rank, world, uid, out, config, max_iter):
+    """One child process as Caffe's python/train.py runs it, on the CPU."""
+    import protocaffe as caffe
+    os.chdir(GOLDEN)
+    torch.set_num_threads(1)
+    caffe.set_mode_cpu()
+    caffe.set_solver_count(world)
+    caffe.set_solver_rank(rank)
+    caffe.set_multiprocess(True)
+    solver = caffe.get_solver(str(out / "solver.prototxt"))
+    if rank == 0:  # the other ranks start from their own fillers: bcast makes them rank 0's
+        solver.net.copy_from(INIT[config])
+    nccl = caffe.NCCL(solver, uid)
+    nccl.bcast()
+    solver.add_callback(nccl)
+    solver.net.after_backward(nccl)
+    solver.step(max_iter)
+    np.savez(out / f"rank{rank}.npz", iter=solver.iter, root=solver.solver.root, **weights(solver.solver))
+
+
+def test_pycaffes_nccl_pattern_gives_the_weights_of_one_process_with_twice_the_iter_size(tmp_path,
+                                                                                          monkeypatch):
+    import protocaffe as caffe
+    (tmp_path / "solver.prototxt").write_text(str(solver_param("sgd_step_caffenet", tmp_path, 1, 4)))
+    uid = caffe.NCCL.new_uid()
+    procs = [CONTEXT.Process(target=_pycaffe_rank, args=(r, 2, uid, tmp_path, "sgd_step_caffenet", 4))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    monkeypatch.chdir(GOLDEN)
+    alone = weights(train_alone(tmp_path, "sgd_step_caffenet", 2, 4))
+    for r in range(2):
+        got = dict(np.load(tmp_path / f"rank{r}.npz"))
+        assert int(got.pop("iter")) == 4 and bool(got.pop("root")) == (r == 0)
+        assert_same_weights(got, alone, f"pycaffe rank {r}")
+
+
+def test_solver_count_and_rank_outside_a_group_are_pycaffes_settings(monkeypatch):
+    import protocaffe as caffe
+    monkeypatch.setitem(distributed._SOLVERS, "count", 1)
+    monkeypatch.setitem(distributed._SOLVERS, "rank", 0)
+    assert (caffe.solver_count(), caffe.solver_rank()) == (1, 0)
+    caffe.set_solver_count(4)
+    caffe.set_solver_rank(0)
+    assert (caffe.solver_count(), caffe.solver_rank()) == (4, 0)
+    caffe.set_solver_rank(7)
+    with pytest.raises(CaffeError, match="solver rank 7 is outside 0..3"):
+        caffe.NCCL(type("S", (), {"device": torch.device("cpu"), "params": []})(), caffe.NCCL.new_uid())
+    caffe.set_solver_rank(0)  # INFO logging back on
+
+
 # ---- failures ----------------------------------------------------------------------------
 
 def _die_at_iteration_2(out, rank):

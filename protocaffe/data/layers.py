@@ -26,8 +26,8 @@ import logging
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from protocaffe import distributed
 from protocaffe.data import transform
 from protocaffe.data.db import Cursor, LmdbReader, decode_datum
 from protocaffe.data.images import ImageListReader, read_list
@@ -113,8 +113,8 @@ class _PrefetchingLayer(Layer):
 
     def _shard(self):
         """(rank, ranks) whose share of the records this layer reads: Caffe's (solver_rank, solver_count)."""
-        if self.phase == caffe_pb2.TRAIN and dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
+        if self.phase == caffe_pb2.TRAIN:
+            return distributed.solver_rank(), distributed.solver_count()
         return 0, 1
 
     def close(self):

@@ -19,6 +19,8 @@ from protocaffe.pycaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import (Timer, current_device, has_nccl, init_log, log, set_device, set_mode_cpu,
                                      set_mode_gpu, set_random_seed)
 from protocaffe.pycaffe.net import Layer, Net
+from protocaffe.pycaffe.parallel import (NCCL, set_multiprocess, set_solver_count, set_solver_rank, solver_count,
+                                         solver_rank)
 from protocaffe.pycaffe.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
                                        RMSPropSolver, SGDSolver, Solver, get_solver)
 
@@ -35,4 +37,5 @@ __all__ = ["Blob", "ParamBlob", "Layer", "Net", "Solver", "TRAIN", "TEST", "Time
            "has_nccl", "init_log", "log",
            "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "layer_type_list",
            "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
-           "AdaDeltaSolver", "AdamSolver"]
+           "AdaDeltaSolver", "AdamSolver", "NCCL", "set_multiprocess", "set_solver_count",
+           "set_solver_rank", "solver_count", "solver_rank"]

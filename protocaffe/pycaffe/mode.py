@@ -2,6 +2,7 @@
 import time
 
 import torch
+import torch.distributed
 
 from protocaffe import log as logs
 
@@ -49,8 +50,8 @@ def next_seed():
 
 
 def has_nccl():
-    """False: multi-GPU training goes through torch.distributed, not Caffe's NCCL class."""
-    return False
+    """Whether ``caffe.NCCL`` works here: it runs on torch.distributed (NCCL on CUDA, gloo on the CPU)."""
+    return torch.distributed.is_available()
 
 
 def init_log(level=0):

@@ -6,6 +6,7 @@ last iteration's values and ``solver.test_nets[0].forward()`` runs the next test
 with the current weights. The loop itself is :class:`protocaffe.solver.Solver`'s.
 """
 from protocaffe import solver as _solvers
+from protocaffe.distributed import solver_rank
 from protocaffe.proto import caffe_pb2
 from protocaffe.pycaffe.mode import current_device
 from protocaffe.pycaffe.net import Net
@@ -18,6 +19,7 @@ class Solver:
 
     def __init__(self, solver):
         self.solver = solver
+        solver.root = solver_rank() == 0  # Caffe's root_solver(): only it tests, displays, snapshots
         self.net = Net.wrap(solver.net)
         self.test_nets = [Net.wrap(t) for t in solver.test_nets]
         for net in [self.net] + self.test_nets:
@@ -61,8 +63,11 @@ class Solver:
         """Make ``net`` (a pycaffe Net) use this solver's train-net tensors, by layer name."""
         net.share_with(self.net)
 
-    def add_callback(self, on_start, on_gradients):
-        """Call ``on_start()`` before each iteration's forward and ``on_gradients()`` before its update."""
+    def add_callback(self, on_start, on_gradients=None):
+        """Call ``on_start()`` before each iteration's forward and ``on_gradients()`` before its
+        update; or, given a ``caffe.NCCL``, its ``on_start`` and ``on_gradients_ready``."""
+        if on_gradients is None and hasattr(on_start, "on_gradients_ready"):
+            on_start, on_gradients = on_start.on_start, on_start.on_gradients_ready
         self._callbacks.append((on_start, on_gradients))
 
     def _on_forward(self, module, args):
@@ -97,8 +102,11 @@ def _keep_blobs(net):
 
 
 def _param(path):
-    """The solver prototxt with solver_mode and device set from pycaffe's mode, as Caffe::mode() rules."""
+    """The solver prototxt with solver_mode and device set from pycaffe's mode, as Caffe::mode()
+    rules, and the random seed offset by the solver rank, as Caffe's Solver::Init does."""
     p = _solvers.read_solver_param(path)
+    if p.random_seed >= 0:
+        p.random_seed += solver_rank()
     device = current_device()
     if device.type == "cuda":
         p.solver_mode, p.device_id = caffe_pb2.SolverParameter.GPU, device.index or 0
