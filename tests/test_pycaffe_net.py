@@ -139,6 +139,30 @@ def test_synced_memory_contract_on_cuda():
         caffe.set_mode_cpu()
 
 
+def test_gpu_pointers_need_a_gpu_blob():
+    net = slim()
+    with pytest.raises(caffe.CaffeError, match="_gpu_data_ptr: this blob lives on the cpu; call caffe.set_mode_gpu"):
+        net.blobs["data"]._gpu_data_ptr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_gpu_pointers_are_the_device_tensors_after_host_writes():
+    caffe.set_mode_gpu()
+    try:
+        net = slim()
+        blob = net.blobs["data"]
+        blob.data[...] = 3.0  # a host write, not yet on the device
+        assert blob._gpu_data_ptr == blob._data.data_ptr()
+        assert float(blob._data.min()) == 3.0  # pushed before the address was handed out
+        blob._data.fill_(5.0)  # a write through the address, as a CUDA kernel would do
+        assert float(blob.data.min()) == 5.0  # the host copy is re-read
+        weight = net.params["conv1"][0]
+        assert weight._gpu_diff_ptr == net.layer_dict["conv1"].weight.grad.data_ptr()
+    finally:
+        caffe.set_mode_cpu()
+
+
 def test_set_random_seed_makes_fillers_repeat(tmp_path):
     (tmp_path / "n.prototxt").write_text(
         'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 4 } } }\n'

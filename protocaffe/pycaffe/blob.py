@@ -76,6 +76,21 @@ class Blob:
     diff = property(lambda self: self._array("diff"), lambda self, v: self._write("diff", v),
                     doc="The gradient, a numpy array like ``data``.")
 
+    def _gpu_ptr(self, which):
+        """Caffe's mutable_gpu_data/diff as an address: host writes are pushed first, and the
+        host copy is re-read afterwards (the caller may write through the pointer)."""
+        tensor = self._tensor(which)
+        if tensor.device.type != "cuda":
+            raise CaffeError(f"_gpu_{which}_ptr: this blob lives on the {tensor.device.type}; "
+                             "call caffe.set_mode_gpu() before making the net")
+        self._push()
+        self._host[which].device_changed()
+        return tensor.data_ptr()
+
+    _gpu_data_ptr = property(lambda self: self._gpu_ptr("data"),
+                             doc="The device address of ``data`` (an int), for CUDA code outside torch.")
+    _gpu_diff_ptr = property(lambda self: self._gpu_ptr("diff"), doc="The device address of ``diff``.")
+
     def _push(self):
         """Copy host arrays written since the last sync to the device (before the net runs)."""
         if self._mirrored():
