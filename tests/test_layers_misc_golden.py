@@ -1,5 +1,8 @@
 """SPP, Filter, BatchReindex, HDF5Data, HDF5Output and WindowData against BVLC Caffe's golden fixtures
 (tests/data/golden/layers2) and hand-worked cases."""
+import ctypes
+import ctypes.util
+import re
 import shutil
 
 import cv2
@@ -9,8 +12,9 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-from conftest import GOLDEN, assert_close
-from protocaffe import fileio
+from conftest import DATA, GOLDEN, assert_close
+from protocaffe import distributed, fileio
+from protocaffe.data import hdf5
 from protocaffe import net as netlib
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.spp import spp_level
@@ -196,20 +200,48 @@ def test_hdf5_output_writes_what_caffe_wrote(h5_case):
         np.testing.assert_array_equal(f["label"][()], io_["written_label"])  # Caffe's 4-d (3, 1, 1, 1)
 
 
-def test_hdf5_data_shuffle_visits_every_row_once_per_pass_and_follows_the_seed(h5_case):
-    text = open("net.prototxt").read().replace("batch_size: 3", "batch_size: 4 shuffle: true")
-    open("shuffled.prototxt", "w").write(text)
-    with h5py.File("part0.h5") as f0, h5py.File("part1.h5") as f1:
-        rows = {tuple(r.ravel()) for r in np.concatenate([f0["data"][()], f1["data"][()]])}
+def caffe_rows(log, top):
+    """Caffe's values of ``top``, batch by batch, as `caffe test` logged them."""
+    return [float(v) for v in re.findall(rf"Batch \d+, {top} = ([-\d.e+]+)", log.read_text())]
 
-    def passes(seed, n):
-        net = netlib.build_net("shuffled.prototxt", seed=seed)
-        return [[tuple(r.ravel()) for r in net()["data"].numpy()] for _ in range(n)]
-    first = passes(5, 4)
-    for epoch in (first[0] + first[1], first[2] + first[3]):  # 8 rows in all: two batches make a pass
-        assert len(set(epoch)) == 8 and set(epoch) == rows
-    assert first == passes(5, 4)
-    assert any(passes(seed, 2) != first[:2] for seed in (6, 7, 8))
+
+@pytest.mark.parametrize("name, batches", [("three", 12), ("one", 6)])
+def test_hdf5_data_shuffle_gives_caffes_order(monkeypatch, name, batches):
+    """Three files of 5, 3 and 7 rows (files and rows reshuffled at every wrap), and one file:
+    row for row the order of a real `caffe test`, as it is in every Caffe run."""
+    folder = DATA / "caffe_hdf5_shuffle"
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(hdf5, "SHUFFLE", hdf5.CRand())  # a fresh process's C library stream
+    net = netlib.build_net(f"{name}.prototxt", caffe_pb2.TEST, seed=1)
+    ours = [blobs["label"].tolist() for blobs in (net() for _ in range(batches))]
+    labels = [v for batch in ours for v in batch]
+    assert len(labels) == 4 * batches
+    assert labels == caffe_rows(folder / f"caffe_test_{name}.log", "label")
+
+
+def test_c_rand_is_the_c_librarys_rand():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "gnu_get_libc_version"):
+        pytest.skip("the C library here is not glibc")
+    libc.srand(1)
+    ours = hdf5.CRand(1)
+    assert [libc.rand() for _ in range(2000)] == [ours.rand() for _ in range(2000)]
+
+
+def test_hdf5_data_shards_the_row_stream_across_solvers(h5_case, monkeypatch):
+    """Solver r of n takes rows r, r + n, ... of the stream (Caffe's Skip), in TRAIN only."""
+    net_text = open("net.prototxt").read().replace("batch_size: 3", "batch_size: 2")
+    open("two.prototxt", "w").write(net_text)
+    alone = netlib.build_net("two.prototxt", caffe_pb2.TRAIN, seed=1)
+    stream = np.concatenate([alone()["label"].numpy() for _ in range(4)])
+    for rank in range(2):
+        monkeypatch.setitem(distributed._SOLVERS, "count", 2)
+        monkeypatch.setitem(distributed._SOLVERS, "rank", rank)
+        net = netlib.build_net("two.prototxt", caffe_pb2.TRAIN, seed=1)
+        ours = np.concatenate([net()["label"].numpy() for _ in range(2)])
+        np.testing.assert_array_equal(ours, stream[rank::2])
+        test = netlib.build_net("two.prototxt", caffe_pb2.TEST, seed=1)
+        np.testing.assert_array_equal(test()["label"].numpy(), stream[:2])
 
 
 def h5_net(source, tops=("data", "label")):

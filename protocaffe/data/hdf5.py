@@ -12,9 +12,10 @@ import h5py
 import numpy as np
 import torch
 
-from protocaffe.data.layers import _seeds
+from protocaffe.distributed import solver_count, solver_rank
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.base import Layer, register
+from protocaffe.proto import caffe_pb2
 
 
 def read_source(source):
@@ -57,24 +58,66 @@ def read_datasets(path, names):
     return arrays
 
 
-class Rows:
-    """A cursor over the rows of several HDF5 files, in order, wrapping around.
+class CRand:
+    """The C library's ``rand()`` as glibc computes it (its TYPE_3 additive generator), from
+    seed 1: the stream Caffe's ``std::random_shuffle`` draws from (libstdc++'s shuffle calls
+    ``rand()``; Caffe never calls ``srand``), so Caffe's HDF5 shuffles are the same in every
+    run, whatever the solver's random_seed, and so are protocaffe's."""
 
-    With ``generator`` (a torch.Generator), Caffe's shuffle: the file order is drawn
-    at the start and at every wrap, the row order each time a file's rows begin.
+    def __init__(self, seed=1):
+        state = [seed or 1]
+        for _ in range(30):
+            hi, lo = divmod(state[-1], 127773)
+            word = 16807 * lo - 2836 * hi
+            state.append(word + 2147483647 if word < 0 else word)
+        self.state = state + state[:3]
+        for _ in range(310):
+            self.rand()
+
+    def rand(self):
+        state = self.state
+        value = (state[-31] + state[-3]) & 0xFFFFFFFF
+        state.append(value)
+        if len(state) > 64:
+            del state[:-34]
+        return value >> 1
+
+    def shuffle(self, values):
+        """libstdc++'s ``std::random_shuffle(first, last)``, in place."""
+        for i in range(1, len(values)):
+            j = self.rand() % (i + 1)
+            values[i], values[j] = values[j], values[i]
+
+
+SHUFFLE = CRand()
+"""One stream per process, as the C library's: shuffling layers draw from it in the order they run."""
+
+
+class Rows:
+    """A cursor over the rows of several HDF5 files, in order, wrapping around; Caffe's
+    HDF5DataLayer, draw for draw.
+
+    With ``shuffle``, the file order is shuffled at the start and at every wrap, a file's
+    row order when it is loaded, and the current row order again each time its rows
+    run out (so twice for a newly loaded file), all from :data:`SHUFFLE`. ``take``
+    skips the rows of other solvers as Caffe's Skip(): row k of the stream goes to
+    solver ``k % count``.
     """
 
-    def __init__(self, paths, names, generator=None):
-        self.paths, self.names, self.generator = paths, names, generator
-        self.order = self._perm(len(paths))
+    def __init__(self, paths, names, shuffle=False):
+        self.paths, self.names, self.shuffle = paths, names, shuffle
+        self.order = self._shuffled(list(range(len(paths))))
         self.file = 0
+        self.offset = 0
         self.shapes = None
         self._load()
         self.first = paths[self.order[0]]
         self.shapes = [self.arrays[n].shape[1:] for n in names]
 
-    def _perm(self, n):
-        return np.arange(n) if self.generator is None else torch.randperm(n, generator=self.generator).numpy()
+    def _shuffled(self, values):
+        if self.shuffle:
+            SHUFFLE.shuffle(values)
+        return values
 
     def _load(self):
         path = self.paths[self.order[self.file]]
@@ -83,32 +126,33 @@ class Rows:
             if self.arrays[name].shape[1:] != shape:
                 raise CaffeError(f"{path}: dataset '{name}' has rows of shape {self.arrays[name].shape[1:]}, "
                                  f"those of {self.first} have {shape}")
-        self._start_rows()
-
-    def _start_rows(self):
-        self.rows = self._perm(len(self.arrays[self.names[0]]))
+        self.rows = self._shuffled(list(range(len(self.arrays[self.names[0]]))))
         self.row = 0
 
     def _advance(self):
         """After a file's last row: the next file (loaded), or the same one again."""
-        if len(self.paths) == 1:
-            self._start_rows()
-            return
-        self.file += 1
-        if self.file == len(self.paths):
-            self.file = 0
-            self.order = self._perm(len(self.paths))
-        self._load()
+        if len(self.paths) > 1:
+            self.file += 1
+            if self.file == len(self.paths):
+                self.file = 0
+                self.order = self._shuffled(self.order)
+            self._load()
+        self.row = 0
+        self._shuffled(self.rows)
 
-    def take(self, n):
-        """The next ``n`` rows of every dataset, as one array per name."""
+    def take(self, n, rank=0, count=1):
+        """The next ``n`` rows of every dataset for solver ``rank`` of ``count``, as one array per name."""
         parts = [[] for _ in self.names]
         while n:
-            k = min(n, len(self.rows) - self.row)
-            index = self.rows[self.row:self.row + k]
-            for part, name in zip(parts, self.names):
-                part.append(self.arrays[name][index])
-            self.row, n = self.row + k, n - k
+            remaining = len(self.rows) - self.row
+            picks = range((rank - self.offset) % count, remaining, count)[:n]
+            if picks:
+                index = [self.rows[self.row + j] for j in picks]
+                for part, name in zip(parts, self.names):
+                    part.append(self.arrays[name][index])
+                n -= len(picks)
+            used = picks[-1] + 1 if picks and n == 0 else remaining
+            self.row, self.offset = self.row + used, self.offset + used
             if self.row == len(self.rows):
                 self._advance()
         return [np.concatenate(part) for part in parts]
@@ -120,8 +164,8 @@ class HDF5Data(Layer):
 
     Tops: one per dataset, named as the dataset, (batch_size,) + the dataset's row
     shape (from the first file). No transformation (as in Caffe, transform_param
-    is an error). ``shuffle`` draws file and row orders from the net's seeded
-    generator (Caffe uses std::random_shuffle, so the orders differ from Caffe's).
+    is an error). ``shuffle`` gives Caffe's orders (:class:`CRand`). In TRAIN, solver
+    r of n (several processes) reads rows r, r + n, ... of the stream, as Caffe.
     """
     type = "HDF5Data"
     num_bottoms = 0
@@ -133,9 +177,8 @@ class HDF5Data(Layer):
             raise self.error("does not transform data; remove transform_param")
         if p.batch_size <= 0:
             raise self.error(f"hdf5_data_param.batch_size must be positive, found {p.batch_size}")
-        generator = torch.Generator().manual_seed(_seeds(self.ctx.generator, 1)[0]) if p.shuffle else None
         try:
-            self.rows = Rows(read_source(p.source), list(self.param.top), generator)
+            self.rows = Rows(read_source(p.source), list(self.param.top), p.shuffle)
         except CaffeError as e:
             raise self.error(str(e)) from None
 
@@ -144,8 +187,9 @@ class HDF5Data(Layer):
         return [(n,) + tuple(shape) for shape in self.rows.shapes]
 
     def forward(self):
+        shard = (solver_rank(), solver_count()) if self.phase == caffe_pb2.TRAIN else (0, 1)
         try:
-            arrays = self.rows.take(self.param.hdf5_data_param.batch_size)
+            arrays = self.rows.take(self.param.hdf5_data_param.batch_size, *shard)
         except CaffeError as e:
             raise self.error(str(e)) from None
         out = tuple(torch.from_numpy(a).to(self.ctx.device) for a in arrays)
