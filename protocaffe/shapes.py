@@ -3,9 +3,17 @@ import math
 
 
 def conv_out(size, kernel, stride, pad, dilation=1):
-    """Convolution output size: ``(size + 2 pad - (dilation (kernel - 1) + 1)) // stride + 1``."""
-    extent = dilation * (kernel - 1) + 1
-    return (size + 2 * pad - extent) // stride + 1
+    """Convolution output size: ``(size + 2 pad - (dilation (kernel - 1) + 1)) / stride + 1`` in
+    C++ integer division, which truncates toward zero: a window that overhangs the padded
+    input by less than a stride still gives one output, reading zeros past the end (as
+    Caffe's im2col does; see :func:`conv_overhang`)."""
+    span = size + 2 * pad - (dilation * (kernel - 1) + 1)
+    return (span // stride if span >= 0 else -(-span // stride)) + 1
+
+
+def conv_overhang(size, kernel, pad, dilation=1):
+    """Zeros to add after the padded input so that a window larger than it fits (0 if it fits)."""
+    return max(0, dilation * (kernel - 1) + 1 - (size + 2 * pad))
 
 
 def deconv_out(size, kernel, stride, pad, dilation=1):

@@ -319,3 +319,23 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert rc == 1
     assert err[-1].startswith("protocaffe export_onnx: error: layer 'test' (type ArgMax)")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_convolution_window_overhanging_its_input_exports_as_caffe_computes_it():
+    """tests/data/caffe_diff's case: the ONNX graph pads the end by the overhang; its output
+    is the values a real `caffe test` logged."""
+    import h5py
+    import re
+    folder = DATA / "caffe_diff" / "conv_window_overhangs_by_less_than_a_stride"
+    x = h5py.File(folder / "in.h5")["x"][()]
+    text = re.sub(r'layer \{ name: "in" type: "HDF5Data".*?\}\s*\}\n',
+                  'layer { name: "in" type: "Input" top: "x" input_param { shape { '
+                  + " ".join(f"dim: {d}" for d in x.shape) + " } } }\n", (folder / "net.prototxt").read_text())
+    param = caffe_pb2.NetParameter()
+    from google.protobuf import text_format
+    text_format.Parse(text, param)
+    assert param.layer[0].type == "Input"
+    net = build_net(param, caffe_pb2.TEST, weights=str(folder / "w.caffemodel"))
+    got = run_onnx(to_onnx(net), {"x": x})["out"]
+    caffe = [float(v) for v in re.findall(r"Batch 0, out = (\S+)", (folder / "caffe_test.log").read_text())]
+    np.testing.assert_allclose(got.ravel(), caffe, rtol=2e-5, atol=1e-5)

@@ -99,13 +99,17 @@ class Flatten(Layer):
     def setup(self, bottom_shapes):
         p, n = self.param.flatten_param, len(bottom_shapes[0])
         self.start, self.end = canonical_axis(p.axis, n, self), canonical_axis(p.end_axis, n, self)
+        if self.end + 1 < self.start:
+            raise self.error(f"end_axis ({p.end_axis}, axis {self.end}) comes before axis ({p.axis}, "
+                             f"axis {self.start}) of a {n}-axis bottom")
 
     def top_shapes(self, bottom_shapes):
+        """As Caffe: with end_axis just before axis, the merged (empty) range becomes a new axis of 1."""
         s = bottom_shapes[0]
         return [tuple(s[:self.start]) + (count(s, self.start, self.end + 1),) + tuple(s[self.end + 1:])]
 
     def forward(self, x):
-        return x.flatten(self.start, self.end)
+        return x.reshape(self.top_shapes([tuple(x.shape)])[0])
 
 
 @register

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from protocaffe.layer_types.base import Layer, canonical_axis, register
 from protocaffe.layer_types.vision import _conv_dims
-from protocaffe.shapes import conv_out
+from protocaffe.shapes import conv_out, conv_overhang
 
 
 @register
@@ -28,6 +28,10 @@ class Im2col(Layer):
         self.dilation = _conv_dims(self, p, "dilation", fallback=1)
         if min(self.kernel) <= 0 or min(self.stride) <= 0:
             raise self.error(f"kernel {self.kernel} and stride {self.stride} must be positive")
+        out = self._out(*shape[2:])
+        if min(out) <= 0:  # Caffe builds an empty top here, or fails allocating it
+            raise self.error(f"kernel {self.kernel} (dilation {self.dilation}, pad {self.pad}, stride "
+                             f"{self.stride}) does not fit the input size {tuple(shape[2:])}: output size {out}")
 
     def _out(self, h, w):
         return tuple(conv_out(s, k, st, pd, d) for s, k, st, pd, d in
@@ -38,5 +42,9 @@ class Im2col(Layer):
         return [(n, c * self.kernel[0] * self.kernel[1]) + self._out(h, w)]
 
     def forward(self, x):
+        out = self._out(*x.shape[2:])
+        extra = [conv_overhang(s, k, pd, d) for s, k, pd, d in zip(x.shape[2:], self.kernel, self.pad, self.dilation)]
+        if any(extra):  # a window larger than the padded input reads zeros past the end, as Caffe's
+            x = F.pad(x, (0, extra[1], 0, extra[0]))
         cols = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
-        return cols.reshape(x.shape[0], cols.shape[1], *self._out(*x.shape[2:]))
+        return cols.reshape(x.shape[0], cols.shape[1], *out)

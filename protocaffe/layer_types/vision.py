@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
-from protocaffe.shapes import conv_out, deconv_out, pool_out
+from protocaffe.shapes import conv_out, conv_overhang, deconv_out, pool_out
 from protocaffe.speed import LowPrecisionLinear, low_precision_linear_pays
 
 
@@ -76,7 +76,9 @@ class _ConvBase(Layer):
 class Convolution(_ConvBase):
     """(N, C, H, W) -> (N, num_output, H', W'), H' = (H + 2 pad - (dilation (k - 1) + 1)) / stride + 1.
 
-    Weight (num_output, C / group, kh, kw). Same arithmetic as ``F.conv2d``.
+    Weight (num_output, C / group, kh, kw). Same arithmetic as ``F.conv2d``; the division
+    truncates toward zero as Caffe's, so a window overhanging the padded input by less
+    than a stride gives one output over zeros past the end, as in Caffe.
     """
     type = "Convolution"
     out_size = staticmethod(conv_out)
@@ -84,7 +86,14 @@ class Convolution(_ConvBase):
     def weight_shape(self, channels, num_output):
         return (num_output, channels // self.group) + self.kernel
 
+    def overhang(self, h, w):
+        """Zeros past the bottom and right edges for a window larger than the padded input."""
+        return tuple(conv_overhang(s, k, pd, d) for s, k, pd, d in zip((h, w), self.kernel, self.pad, self.dilation))
+
     def forward(self, x):
+        extra = self.overhang(*x.shape[2:])
+        if any(extra):
+            x = F.pad(x, (0, extra[1], 0, extra[0]))
         return F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
 
 
@@ -223,7 +232,8 @@ class Pooling(Layer):
         h, w = x.shape[2:]
         k = self._kernel(h, w)
         if self.method == PoolMethod.MAX:
-            return F.max_pool2d(self._padded(x, float("-inf")), k, self.stride)
+            # Caffe starts each window at -FLT_MAX: a window holding no input value gives it
+            return F.max_pool2d(self._padded(x, torch.finfo(x.dtype).min), k, self.stride)
         if self.method == PoolMethod.AVE:
             sums = F.avg_pool2d(self._padded(x, 0.0), k, self.stride, divisor_override=1)
             return sums / self._divisor(h, w, x.device)

@@ -56,7 +56,10 @@ def _weights(g, layer):
 
 @exports("Convolution")
 def convolution(g, layer, xs, shapes):
-    return [g.node("Conv", xs + _weights(g, layer), layer.name, **_conv_attrs(layer))]
+    attrs = _conv_attrs(layer)
+    extra = layer.overhang(*shapes[0][2:])  # a window larger than the padded input: zeros past the end
+    attrs["pads"] = list(layer.pad) + [p + e for p, e in zip(layer.pad, extra)]
+    return [g.node("Conv", xs + _weights(g, layer), layer.name, **attrs)]
 
 
 @exports("Deconvolution")
@@ -76,7 +79,8 @@ def _pool_end_pads(layer, in_size, out_size):
     for size, out, k, s, p in zip(in_size, out_size, layer.kernel, layer.stride, layer.pad):
         if (out - 1) * s - p >= size:
             raise layer.error(f"its last window starts past the input ({size} values, kernel {k} "
-                              f"< stride {s}), where Caffe's output is undefined; it has no ONNX form")
+                              f"< stride {s}) and holds no input value (Caffe outputs -FLT_MAX for MAX, "
+                              f"0 for AVE there); it has no ONNX form")
         ends.append(max(0, (out - 1) * s + k - size - p))
     return ends
 
