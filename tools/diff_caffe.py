@@ -64,6 +64,29 @@ def deconvolution(rng, shape):
     return _conv(rng, shape, "Deconvolution")
 
 
+def _conv_nd(rng, kind):
+    """An N-d (1 to 3 spatial axes) convolution, sometimes with a leading axis before the channels."""
+    axes, lead = int(rng.integers(1, 4)), int(rng.random() < 0.3)
+    shape = tuple(int(v) for v in rng.integers(1, 3, 1 + lead)) + (int(rng.integers(1, 4)),) \
+        + tuple(int(v) for v in rng.integers(1, 7, axes))
+
+    def sizes(name, low, high):
+        values = rng.integers(low, high + 1, 1 if rng.random() < 0.5 else axes)
+        return " ".join(f"{name}: {v}" for v in values)
+    text = (f'type: "{kind}" convolution_param {{ num_output: {rng.integers(1, 4)} axis: {1 + lead} '
+            f'{sizes("kernel_size", 1, 3)} {sizes("stride", 1, 2)} {sizes("pad", 0, 1)} '
+            f'weight_filler {{ type: "gaussian" std: 0.5 }} bias_filler {{ type: "gaussian" }} }}')
+    return text, 1, shape
+
+
+def convolution_nd(rng, shape):
+    return _conv_nd(rng, "Convolution")
+
+
+def deconvolution_nd(rng, shape):
+    return _conv_nd(rng, "Deconvolution")
+
+
 def pooling(rng, shape):
     pool = rng.choice(["MAX", "AVE"])
     if rng.random() < 0.15:
@@ -177,7 +200,8 @@ def neuron(rng, shape):
     ])), 1
 
 
-TYPES = {"Convolution": convolution, "Deconvolution": deconvolution, "Pooling": pooling, "LRN": lrn,
+TYPES = {"Convolution": convolution, "Deconvolution": deconvolution, "ConvolutionND": convolution_nd,
+         "DeconvolutionND": deconvolution_nd, "Pooling": pooling, "LRN": lrn,
          "SPP": spp, "Softmax": softmax, "Reduction": reduction, "ArgMax": argmax, "Eltwise": eltwise,
          "Concat": concat, "Crop": crop, "Tile": tile, "Flatten": flatten, "MVN": mvn,
          "InnerProduct": inner_product, "Scale": scale, "PReLU": prelu, "Im2col": im2col, "Neuron": neuron}
@@ -186,7 +210,8 @@ TYPES = {"Convolution": convolution, "Deconvolution": deconvolution, "Pooling": 
 def make_case(folder, rng, kind):
     """Write the case's input, prototxt and list file; returns the prototxt path."""
     shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 10)), int(rng.integers(1, 10)))
-    layer, bottoms = TYPES[kind](rng, shape)
+    layer, bottoms, *own_shape = TYPES[kind](rng, shape)
+    shape = own_shape[0] if own_shape else shape
     data = {"x": rng.standard_normal(shape).astype(np.float32)}
     if bottoms == 2:
         other = list(shape)

@@ -8,21 +8,24 @@ from protocaffe.shapes import conv_out, conv_overhang, deconv_out, pool_out
 from protocaffe.speed import LowPrecisionLinear, low_precision_linear_pays
 
 
-def _conv_dims(layer, p, repeated, single_h=None, single_w=None, fallback=None):
-    """Caffe's two ways to give a 2-d size: a repeated field (once, or once per axis) or the
-    _h/_w pair, never both. With neither, ``fallback`` (Caffe's built-in 0 pad, 1
-    stride/dilation); None means the size is required."""
+def _conv_dims(layer, p, repeated, single_h=None, single_w=None, fallback=None, axes=2):
+    """Caffe's two ways to give a size per spatial axis: a repeated field (once, or once per
+    axis) or, for 2 axes only, the _h/_w pair, never both. With neither, ``fallback``
+    (Caffe's built-in 0 pad, 1 stride/dilation); None means the size is required."""
     values = list(getattr(p, repeated))
     if single_h and (p.HasField(single_h) or p.HasField(single_w)):
+        if axes != 2:
+            raise layer.error(f"{single_h}/{single_w} work for 2 spatial axes only; this input has {axes}: "
+                              f"give {repeated} instead")
         if values:
             raise layer.error(f"give {repeated} or {single_h}/{single_w}, not both; found "
                               f"{repeated}: {values}")
         return int(getattr(p, single_h)), int(getattr(p, single_w))
-    if len(values) in (1, 2):
-        return int(values[0]), int(values[-1])
+    if len(values) in (1, axes):
+        return tuple(int(v) for v in values) if len(values) == axes else (int(values[0]),) * axes
     if not values and fallback is not None:
-        return fallback, fallback
-    raise layer.error(f"{repeated} must be given once or once per spatial axis (2), found "
+        return (fallback,) * axes
+    raise layer.error(f"{repeated} must be given once or once per spatial axis ({axes}), found "
                       f"{len(values)} values {values}")
 
 
@@ -36,16 +39,22 @@ def _add_bias(layer, p):
 
 
 class _ConvBase(Layer):
+    """Caffe's convolutions over N spatial axes: the axes after the channel ``axis``; the axes
+    before it are all batch. PyTorch's conv1d/2d/3d run them, so 1 to 3 spatial axes."""
     blob_names = ("weight", "bias")
 
     def setup(self, bottom_shapes):
         p = self.param.convolution_param
-        if canonical_axis(p.axis, len(bottom_shapes[0]), self) != 1 or len(bottom_shapes[0]) != 4:
-            raise self.error(f"supports 4-axis (N, C, H, W) input with axis 1, found shape {bottom_shapes[0]}")
-        self.kernel = _conv_dims(self, p, "kernel_size", "kernel_h", "kernel_w")
-        self.stride = _conv_dims(self, p, "stride", "stride_h", "stride_w", 1)
-        self.pad = _conv_dims(self, p, "pad", "pad_h", "pad_w", 0)
-        self.dilation = _conv_dims(self, p, "dilation", fallback=1)
+        shape = bottom_shapes[0]
+        self.axis = canonical_axis(p.axis, len(shape), self)
+        axes = len(shape) - self.axis - 1
+        if not 1 <= axes <= 3:
+            raise self.error(f"convolves 1 to 3 spatial axes after the channel axis {self.axis}; "
+                             f"the bottom's shape {tuple(shape)} has {axes}")
+        self.kernel = _conv_dims(self, p, "kernel_size", "kernel_h", "kernel_w", axes=axes)
+        self.stride = _conv_dims(self, p, "stride", "stride_h", "stride_w", 1, axes=axes)
+        self.pad = _conv_dims(self, p, "pad", "pad_h", "pad_w", 0, axes=axes)
+        self.dilation = _conv_dims(self, p, "dilation", fallback=1, axes=axes)
         for what, dims in (("kernel size", self.kernel), ("stride", self.stride),
                            ("dilation", self.dilation)):
             if 0 in dims:
@@ -53,23 +62,33 @@ class _ConvBase(Layer):
         if p.num_output == 0:
             raise self.error("num_output must be positive, found 0")
         self.group = p.group
-        channels = bottom_shapes[0][1]
+        channels = shape[self.axis]
         if channels % self.group or p.num_output % self.group:
             raise self.error(f"channels ({channels}) and num_output ({p.num_output}) must be "
                              f"divisible by group ({self.group})")
-        out = self.top_shapes(bottom_shapes)[0][2:]
+        out = self.top_shapes(bottom_shapes)[0][self.axis + 1:]
         if min(out) <= 0:
             raise self.error(f"kernel {self.kernel} (dilation {self.dilation}, pad {self.pad}, "
                              f"stride {self.stride}) does not fit the input size "
-                             f"{tuple(bottom_shapes[0][2:])}: output size {out}")
+                             f"{tuple(shape[self.axis + 1:])}: output size {out}")
         self.add_blob("weight", self.weight_shape(channels, p.num_output), p.weight_filler)
         _add_bias(self, p)
 
     def top_shapes(self, bottom_shapes):
-        n, _, h, w = bottom_shapes[0]
-        return [(n, self.param.convolution_param.num_output)
+        shape = bottom_shapes[0]
+        return [tuple(shape[:self.axis]) + (self.param.convolution_param.num_output,)
                 + tuple(self.out_size(s, k, st, p, d) for s, k, st, p, d in
-                        zip((h, w), self.kernel, self.stride, self.pad, self.dilation))]
+                        zip(shape[self.axis + 1:], self.kernel, self.stride, self.pad, self.dilation))]
+
+    def forward(self, x):
+        """The axes before the channel axis fold into one batch axis and unfold after."""
+        lead = x.shape[:self.axis]
+        y = self.convolve(x.reshape((-1,) + tuple(x.shape[self.axis:])))
+        return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 @register
@@ -78,7 +97,9 @@ class Convolution(_ConvBase):
 
     Weight (num_output, C / group, kh, kw). Same arithmetic as ``F.conv2d``; the division
     truncates toward zero as Caffe's, so a window overhanging the padded input by less
-    than a stride gives one output over zeros past the end, as in Caffe.
+    than a stride gives one output over zeros past the end, as in Caffe. Any number of
+    leading axes before ``axis`` and 1 to 3 spatial axes after it, as Caffe's N-d
+    convolution (kernel_size etc. once or once per spatial axis).
     """
     type = "Convolution"
     out_size = staticmethod(conv_out)
@@ -86,15 +107,16 @@ class Convolution(_ConvBase):
     def weight_shape(self, channels, num_output):
         return (num_output, channels // self.group) + self.kernel
 
-    def overhang(self, h, w):
-        """Zeros past the bottom and right edges for a window larger than the padded input."""
-        return tuple(conv_overhang(s, k, pd, d) for s, k, pd, d in zip((h, w), self.kernel, self.pad, self.dilation))
+    def overhang(self, *sizes):
+        """Zeros past the end of each spatial axis for a window larger than the padded input."""
+        return tuple(conv_overhang(s, k, pd, d) for s, k, pd, d in zip(sizes, self.kernel, self.pad, self.dilation))
 
-    def forward(self, x):
+    def convolve(self, x):
         extra = self.overhang(*x.shape[2:])
         if any(extra):
-            x = F.pad(x, (0, extra[1], 0, extra[0]))
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.pad, self.dilation, self.group)
+            x = F.pad(x, [v for e in reversed(extra) for v in (0, e)])
+        return _CONV[len(self.kernel)](x, self.weight, self.bias, self.stride, self.pad, self.dilation,
+                                       self.group)
 
 
 @register
@@ -102,6 +124,7 @@ class Deconvolution(_ConvBase):
     """(N, C, H, W) -> (N, num_output, H', W'), H' = stride (H - 1) + dilation (k - 1) + 1 - 2 pad.
 
     Weight (C, num_output / group, kh, kw): Caffe's layout is PyTorch's ``conv_transpose2d``'s.
+    Leading and spatial axes as Convolution's.
     """
     type = "Deconvolution"
     out_size = staticmethod(deconv_out)
@@ -109,9 +132,9 @@ class Deconvolution(_ConvBase):
     def weight_shape(self, channels, num_output):
         return (channels, num_output // self.group) + self.kernel
 
-    def forward(self, x):
-        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
-                                  self.dilation)
+    def convolve(self, x):
+        return _DECONV[len(self.kernel)](x, self.weight, self.bias, self.stride, self.pad, 0, self.group,
+                                         self.dilation)
 
 
 PoolMethod = caffe_pb2.PoolingParameter

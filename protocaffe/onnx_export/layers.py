@@ -54,8 +54,14 @@ def _weights(g, layer):
     return blobs
 
 
+def _channels_at_axis_1(layer):
+    if layer.axis != 1:
+        raise layer.error(f"convolves with its channel axis at {layer.axis}; only axis 1 has an ONNX form")
+
+
 @exports("Convolution")
 def convolution(g, layer, xs, shapes):
+    _channels_at_axis_1(layer)
     attrs = _conv_attrs(layer)
     extra = layer.overhang(*shapes[0][2:])  # a window larger than the padded input: zeros past the end
     attrs["pads"] = list(layer.pad) + [p + e for p, e in zip(layer.pad, extra)]
@@ -65,6 +71,7 @@ def convolution(g, layer, xs, shapes):
 @exports("Deconvolution")
 def deconvolution(g, layer, xs, shapes):
     """Caffe's (C, num_output / group, kh, kw) weight is ONNX ConvTranspose's layout."""
+    _channels_at_axis_1(layer)
     return [g.node("ConvTranspose", xs + _weights(g, layer), layer.name, **_conv_attrs(layer))]
 
 
