@@ -103,3 +103,15 @@ def test_an_ignored_label_may_lie_outside_the_classes():
     x = torch.zeros(3, 4)
     loss = net(x=x, label=torch.tensor([0.0, 255.0, 3.0]))["out"]
     assert loss.item() == pytest.approx(torch.log(torch.tensor(4.0)).item(), rel=1e-6)
+
+
+# ---- found by tools/diff_caffe.py against a real Caffe (both refuse; protocaffe used to crash) ----
+
+def test_reshape_copying_an_axis_the_bottom_lacks_is_refused():
+    assert_refused((2, 3, 4, 5), 'type: "Reshape" top: "y" reshape_param { shape { dim: 2 dim: 0 } axis: 3 num_axes: 0 }',
+                   "shape dim 1 is 0", "bottom (2, 3, 4, 5) has no such axis")
+
+
+def test_flatten_with_end_axis_before_axis_minus_one_is_refused():
+    assert_refused((2, 3, 4, 5), 'type: "Flatten" top: "y" flatten_param { axis: 3 end_axis: 1 }',
+                   "end_axis (1, axis 1) comes before axis (3, axis 3)")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from protocaffe import TEST
 from protocaffe.errors import CaffeError
@@ -200,6 +201,129 @@ def neuron(rng, shape):
     ])), 1
 
 
+# ---- families with their own inputs: (layer text, {input name: array}, extra tops) ----------
+
+def _shape(rng, axes=4, high=5):
+    return tuple(int(v) for v in rng.integers(1, high + 1, axes))
+
+
+def slice_layer(rng):
+    shape = _shape(rng)
+    axis = int(rng.integers(0, 4))
+    n = shape[axis]
+    points = sorted(set(int(v) for v in rng.integers(1, n, int(rng.integers(0, 3))))) if n > 1 else []
+    text = f'type: "Slice" slice_param {{ axis: {axis} ' + " ".join(f"slice_point: {p}" for p in points) + " }"
+    tops = [f"out{i}" for i in range(1, len(points) + 1)] if points else ([] if n == 1 else ["out1"])
+    return text, {"x": rng.standard_normal(shape)}, tops
+
+
+def reshape(rng):
+    shape = _shape(rng)
+    axis, num_axes = int(rng.integers(0, 4)), int(rng.integers(-1, 2))
+    dims = [int(rng.choice([0, -1, 1, 2, 3])) for _ in range(int(rng.integers(0, 3)))]
+    text = (f'type: "Reshape" reshape_param {{ shape {{ {" ".join(f"dim: {d}" for d in dims)} }} '
+            f'axis: {axis} num_axes: {num_axes} }}')
+    return text, {"x": rng.standard_normal(shape)}, []
+
+
+def batch_norm(rng):
+    return (f'type: "BatchNorm" batch_norm_param {{ use_global_stats: true eps: {rng.choice([1e-5, 0.1])} }}',
+            {"x": rng.standard_normal(_shape(rng))}, [])
+
+
+def bias(rng):
+    shape = _shape(rng)
+    axis = int(rng.integers(0, 4))
+    if rng.random() < 0.5:
+        return (f'type: "Bias" bias_param {{ axis: {axis} filler {{ type: "gaussian" }} }}',
+                {"x": rng.standard_normal(shape)}, [])
+    end = int(rng.integers(axis, 5))
+    return (f'type: "Bias" bias_param {{ axis: {axis} }}',
+            {"x": rng.standard_normal(shape), "y": rng.standard_normal(shape[axis:end] or (1,))}, [])
+
+
+def embed(rng):
+    dim = int(rng.integers(1, 6))
+    x = rng.integers(0, dim, _shape(rng, int(rng.integers(1, 3))))
+    return (f'type: "Embed" embed_param {{ num_output: {rng.integers(1, 4)} input_dim: {dim} '
+            f'bias_term: {str(rng.random() < 0.5).lower()} weight_filler {{ type: "gaussian" }} '
+            f'bias_filler {{ type: "gaussian" }} }}'), {"x": x}, []
+
+
+def elementwise(rng):
+    x = rng.standard_normal(_shape(rng))
+    choice = int(rng.integers(7))
+    if choice == 0:
+        return (f'type: "Log" log_param {{ base: {rng.choice([-1, 2, 10])} scale: {rng.uniform(0.5, 2):.3f} '
+                f'shift: {rng.uniform(0, 1):.3f} }}'), {"x": np.abs(x) + 0.1}, []
+    if choice == 1:
+        return (f'type: "Power" power_param {{ power: {rng.choice([0.5, -1, 1.5, 0])} scale: 1 '
+                f'shift: 0 }}'), {"x": np.abs(x) + 0.1}, []
+    if choice == 2:
+        low = rng.uniform(-1, 0)
+        return f'type: "Clip" clip_param {{ min: {low:.3f} max: {low + rng.uniform(0, 2):.3f} }}', {"x": x}, []
+    if choice == 3:
+        return f'type: "Swish" swish_param {{ beta: {rng.uniform(0.1, 3):.3f} }}', {"x": x}, []
+    if choice == 4:
+        return (f'type: "Dropout" dropout_param {{ dropout_ratio: {rng.uniform(0.1, 0.9):.3f} '
+                f'scale_train: {str(rng.random() < 0.5).lower()} }}'), {"x": x}, []
+    if choice == 5:
+        return 'type: "Split"', {"x": x}, ["out1"]
+    return f'type: "Softmax" softmax_param {{ axis: {rng.integers(0, 4)} }}', {"x": x}, []
+
+
+def _labels(rng, n, classes, spatial=()):
+    return rng.integers(0, classes, (n,) + spatial).astype(np.float32)
+
+
+def softmax_loss(rng):
+    n, c = int(rng.integers(1, 4)), int(rng.integers(2, 5))
+    spatial = _shape(rng, int(rng.integers(0, 3)), 3)
+    label = _labels(rng, n, c, spatial)
+    ignore = f"ignore_label: {rng.integers(0, c)}" if rng.random() < 0.4 else ""
+    norm = rng.choice(["FULL", "VALID", "BATCH_SIZE", "NONE"])
+    kind = rng.choice(["SoftmaxWithLoss", "Accuracy"])
+    if kind == "Accuracy":
+        return (f'type: "Accuracy" accuracy_param {{ top_k: {rng.integers(1, c + 1)} {ignore} }}',
+                {"x": rng.standard_normal((n, c) + spatial), "y": label}, [])
+    return (f'type: "SoftmaxWithLoss" loss_param {{ normalization: {norm} {ignore} }}',
+            {"x": rng.standard_normal((n, c) + spatial) * 3, "y": label}, [])
+
+
+def other_loss(rng):
+    n, d = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+    x = rng.standard_normal((n, d)) * 2
+    choice = int(rng.integers(5))
+    if choice == 0:
+        return 'type: "EuclideanLoss"', {"x": x, "y": rng.standard_normal((n, d))}, []
+    if choice == 1:
+        return ('type: "SigmoidCrossEntropyLoss"', {"x": x, "y": rng.integers(0, 2, (n, d)).astype(np.float32)}, [])
+    if choice == 2:
+        return (f'type: "HingeLoss" hinge_loss_param {{ norm: {rng.choice(["L1", "L2"])} }}',
+                {"x": x, "y": _labels(rng, n, d)}, [])
+    if choice == 3:
+        p = rng.uniform(0.01, 1, (n, d))
+        return 'type: "MultinomialLogisticLoss"', {"x": p / p.sum(1, keepdims=True), "y": _labels(rng, n, d)}, []
+    return (f'type: "ContrastiveLoss" contrastive_loss_param {{ margin: {rng.uniform(0.5, 2):.3f} '
+            f'legacy_version: {str(rng.random() < 0.5).lower()} }}'),         {"x": x, "y": rng.standard_normal((n, d)), "z": rng.integers(0, 2, (n,)).astype(np.float32)}, []
+
+
+def recurrent(rng):
+    t, n, d = int(rng.integers(1, 5)), int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    cont = (rng.random((t, n)) < 0.7).astype(np.float32)
+    cont[0] = 0
+    kind = rng.choice(["LSTM", "RNN"])
+    inputs = {"x": rng.standard_normal((t, n, d)), "y": cont}
+    if rng.random() < 0.3:
+        inputs["z"] = rng.standard_normal((n, int(rng.integers(1, 3))))  # the static input
+    return (f'type: "{kind}" recurrent_param {{ num_output: {rng.integers(1, 4)} '
+            f'weight_filler {{ type: "uniform" min: -0.5 max: 0.5 }} bias_filler {{ type: "uniform" min: -0.5 max: 0.5 }} }}'),             inputs, []
+
+
+OWN_INPUTS = {"Slice": slice_layer, "Reshape": reshape, "BatchNorm": batch_norm, "Bias": bias, "Embed": embed,
+              "Elementwise": elementwise, "SoftmaxLoss": softmax_loss, "Loss": other_loss,
+              "Recurrent": recurrent}
+
 TYPES = {"Convolution": convolution, "Deconvolution": deconvolution, "ConvolutionND": convolution_nd,
          "DeconvolutionND": deconvolution_nd, "Pooling": pooling, "LRN": lrn,
          "SPP": spp, "Softmax": softmax, "Reduction": reduction, "ArgMax": argmax, "Eltwise": eltwise,
@@ -207,8 +331,34 @@ TYPES = {"Convolution": convolution, "Deconvolution": deconvolution, "Convolutio
          "InnerProduct": inner_product, "Scale": scale, "PReLU": prelu, "Im2col": im2col, "Neuron": neuron}
 
 
+def make_own_case(folder, rng, kind):
+    layer, data, tops = OWN_INPUTS[kind](rng)
+    data = {name: np.asarray(v, np.float32) for name, v in data.items()}
+    rows = min(len(v) for v in data.values())
+    data = {name: v[:rows] for name, v in data.items()}  # HDF5Data reads rows of every top together
+    return _write(folder, layer, data, ["out"] + tops)
+
+
+def _write(folder, layer, data, tops):
+    with h5py.File(folder / "in.h5", "w") as f:
+        for name, value in data.items():
+            f[name] = value
+    (folder / "list.txt").write_text("in.h5\n")
+    rows = len(next(iter(data.values())))
+    layer = layer.replace("type:", " ".join(f'bottom: "{n}"' for n in data) + " "
+                          + " ".join(f'top: "{t}"' for t in tops) + " type:", 1)
+    data_tops = " ".join(f'top: "{n}"' for n in data)
+    text = (f'name: "diff"\nlayer {{ name: "in" type: "HDF5Data" {data_tops} '
+            f'hdf5_data_param {{ source: "list.txt" batch_size: {rows} }} }}\n'
+            f'layer {{ name: "l" {layer} }}\n')
+    (folder / "net.prototxt").write_text(text)
+    return folder / "net.prototxt"
+
+
 def make_case(folder, rng, kind):
     """Write the case's input, prototxt and list file; returns the prototxt path."""
+    if kind in OWN_INPUTS:
+        return make_own_case(folder, rng, kind)
     shape = (int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 10)), int(rng.integers(1, 10)))
     layer, bottoms, *own_shape = TYPES[kind](rng, shape)
     shape = own_shape[0] if own_shape else shape
@@ -238,11 +388,22 @@ def make_case(folder, rng, kind):
     return folder / "net.prototxt"
 
 
+def _randomize_statistics(net):
+    """BatchNorm's blobs start at zero (no filler); give them values worth comparing."""
+    g = np.random.default_rng(0)
+    for layer in net.layers.values():
+        if layer.type == "BatchNorm":
+            for name, low, high in (("mean", -1, 1), ("variance", 0.5, 2), ("scale_factor", 0.5, 2)):
+                blob = getattr(layer, name)
+                blob.data.copy_(torch.from_numpy(g.uniform(low, high, tuple(blob.shape)).astype(np.float32)))
+
+
 def ours(folder):
     """protocaffe's outputs in Caffe's order, flattened, or the error's text."""
     try:
         with contextlib.chdir(folder):  # the HDF5 list is read from the working directory, as Caffe does
             net = build_net("net.prototxt", TEST, seed=1)
+            _randomize_statistics(net)
             blobs = net()
             net.save("w.caffemodel")
     except CaffeError as e:
@@ -271,7 +432,7 @@ def main(argv=None):
     parser.add_argument("--caffe", required=True)
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--types", default=",".join(TYPES))
+    parser.add_argument("--types", default=",".join(list(TYPES) + list(OWN_INPUTS)))
     parser.add_argument("--keep", default="/tmp/diff_caffe_failures")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)

@@ -133,6 +133,10 @@ class Reshape(Layer):
         self.dims = dims
 
     def _shape(self, shape):
+        for i, d in enumerate(self.dims):
+            if d == 0 and self.start + i >= len(shape):
+                raise self.error(f"shape dim {i} is 0 (copy the bottom's axis {self.start + i}), but the "
+                                 f"bottom {tuple(shape)} has no such axis")
         middle = [shape[self.start + i] if d == 0 else d for i, d in enumerate(self.dims)]
         out = list(shape[:self.start]) + middle + list(shape[self.end:])
         if -1 in out:
