@@ -188,8 +188,10 @@ class CaffeNet(nn.Module):
             generator.manual_seed(int(seed))
         else:
             generator.seed()
-        self.ctx = BuildContext(phase=self.phase, generator=generator,
-                                device=torch.device(device or "cpu"))
+        seeded = seed is not None and seed >= 0
+        self.ctx = BuildContext(phase=self.phase, generator=generator, device=torch.device(device or "cpu"),
+                                seed=int(seed) if seeded else None,
+                                caffe_draws=0 if seeded and self.phase == caffe_pb2.TRAIN else None)
         self.layers = nn.ModuleDict()
         self.plan = []
         self.blob_shapes = {}
@@ -213,6 +215,8 @@ class CaffeNet(nn.Module):
                                      f"blobs so far: {', '.join(shapes) or 'none'}")
             bottom_shapes = [shapes[b] for b in lp.bottom]
             layer = cls(lp, bottom_shapes, self.ctx)
+            if lp.type not in ("Data", "ImageData"):  # Caffe's global stream is followed through data layers only
+                self.ctx.caffe_draws = None
             tops = layer.top_shapes(bottom_shapes)
             for name, shape in zip(lp.top, tops):
                 shapes[name] = tuple(int(d) for d in shape)

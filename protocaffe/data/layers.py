@@ -46,7 +46,24 @@ class _PrefetchingLayer(Layer):
     num_bottoms = 0
     num_tops = (1, 2)
 
-    def _setup_pipeline(self, reader, first, batch_size, source, seed):
+    def _caffe_seed(self, setup_draws=0):
+        """The seed Caffe's DataTransformer takes here from Caffe's global mt19937, or None where
+        that is not known: an unseeded net, a TEST net (built after the TRAIN net's fillers
+        drew), or a layer after any other kind. Caffe's setup takes, in order: InitRand's
+        value (when the transformer draws at all), ``setup_draws`` (ImageData's shuffle and
+        skip), a second InitRand's (BasePrefetchingDataLayer calls it again: that seed is the
+        one used), and the prefetch thread's seed. Checked against `caffe train` logs
+        (tests/data/caffe_data_draws)."""
+        tp, position = self.param.transform_param, self.ctx.caffe_draws
+        if position is None:
+            return None
+        draws = tp.mirror or (self.phase == caffe_pb2.TRAIN and tp.crop_size)
+        position += setup_draws + bool(draws)
+        seed = int(transform.CaffeStream(self.ctx.seed).raw(position, 1)[0]) if draws else None
+        self.ctx.caffe_draws = position + bool(draws) + 1
+        return seed
+
+    def _setup_pipeline(self, reader, first, batch_size, source, seed, caffe_seed=None):
         tp = self.param.transform_param
         mean = transform.load_mean(self, tp, first.shape)
         try:
@@ -55,7 +72,7 @@ class _PrefetchingLayer(Layer):
             raise self.error(str(e)) from None
         train = self.phase == caffe_pb2.TRAIN
         pca = self._pca(tp, first.shape[0]) if train and tp.pca_file else None
-        augment = transform.Augment(tp.crop_size, tp.mirror, train, seed, pca)
+        augment = transform.Augment(tp.crop_size, tp.mirror, train, seed, pca, caffe_seed)
         self.pipeline = Pipeline(reader, source, batch_size, out_shape, first.dtype, mean,
                                  np.float32(tp.scale), augment)
         self.register_buffer("mean", torch.from_numpy(mean), persistent=False)
@@ -167,7 +184,7 @@ class Data(_PrefetchingLayer):
             raise self.error(str(e)) from None
         if (tp.force_color or tp.force_gray) and not caffe_pb2.Datum.FromString(record).encoded:
             log.warning("layer '%s': force_color and force_gray apply only to encoded Datums", self.name)
-        self._setup_pipeline(reader, first, dp.batch_size, dp.source, seed)
+        self._setup_pipeline(reader, first, dp.batch_size, dp.source, seed, self._caffe_seed())
 
 
 @register
@@ -203,7 +220,8 @@ class ImageData(_PrefetchingLayer):
         if self._shard()[0] > 0 and not p.shuffle and not p.rand_skip:
             log.warning("layer '%s': every rank reads the whole list; shuffle or rand_skip is "
                         "recommended with several ranks (as Caffe says)", self.name)
-        self._setup_pipeline(reader, first, p.batch_size, p.source, seed)
+        caffe_seed = self._caffe_seed(bool(p.shuffle) + bool(p.rand_skip))
+        self._setup_pipeline(reader, first, p.batch_size, p.source, seed, caffe_seed)
 
 
 @register

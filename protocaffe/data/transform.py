@@ -6,8 +6,9 @@ indexed at the uncropped position, so its window moves with the crop; mean
 values are one per channel. Crops are random in TRAIN and centred in TEST;
 mirroring is random whenever ``mirror`` is set, in both phases.
 
-Here the draws for batch ``k`` come from ``(seed, k)`` alone (:class:`Augment`),
-so any number of workers give the same batches. The arithmetic exists for one
+Here the draws for batch ``k`` come from ``(seed, k)`` alone, or, under a solver's
+random_seed, from Caffe's own stream, addressed by position (:class:`Augment`); so any
+number of workers give the same batches. The arithmetic exists for one
 image in numpy (:func:`normalize_into`, run by the workers when the net is on
 the CPU) and for a batch in torch (:func:`apply`, run on the net's device);
 both do the same float32 operations in the same order, so they agree bit for
@@ -82,27 +83,77 @@ class Draws:
     shifts: np.ndarray = None
 
 
+def mt19937(seed):
+    """The Mersenne twister seeded as ``std::mt19937(seed)`` / ``boost::mt19937(seed)``
+    (numpy's legacy seeding is the same init_genrand); ``.random_raw(n)`` gives its outputs."""
+    generator = np.random.MT19937(0)
+    generator._legacy_seeding(int(seed) & 0xFFFFFFFF)
+    return generator
+
+
+class CaffeStream:
+    """A position-addressed view of one mt19937 stream: ``raw(start, count)`` gives outputs
+    start .. start + count - 1. Reading forward costs only the outputs skipped (each worker
+    process keeps its own copy); reading backward starts again from the seed."""
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.generator, self.position = mt19937(seed), 0
+
+    def raw(self, start, count):
+        if start < self.position:
+            self.generator, self.position = mt19937(self.seed), 0
+        while self.position < start:
+            skip = min(start - self.position, 1 << 24)
+            self.generator.random_raw(skip)
+            self.position += skip
+        self.position += count
+        return self.generator.random_raw(count)
+
+
 @dataclass(frozen=True)
 class Augment:
-    """Caffe's random choices, drawn for batch ``k`` from ``(seed, k)``."""
+    """Caffe's random choices for batch ``k``. With ``caffe_seed`` (a TRAIN net's first data
+    layers under a solver random_seed) they are Caffe's own: its DataTransformer draws
+    ``Rand(n) = mt19937() % n`` from an mt19937 seeded with ``caffe_seed``, per image a
+    mirror flag (when ``mirror``) then the crop's row and column offsets (when cropping at
+    random), image after image; batch k starts at image k * batch_size of that stream.
+    Otherwise they come from ``(seed, k)``. Either way any number of workers give the same
+    batches."""
     crop: int
     mirror: bool
     random_crop: bool
     seed: int
     pca: Pca = None
+    caffe_seed: int = None
 
     def draw(self, k, sizes):
         """Draws for batch ``k`` whose images have the (H, W) ``sizes`` (an (N, 2) array)."""
         rng = np.random.default_rng([self.seed, k])
         n = len(sizes)
-        flips = rng.integers(0, 2, n).astype(bool) if self.mirror else np.zeros(n, bool)
         room = sizes - self.crop + 1 if self.crop else np.ones((n, 2), np.int64)
-        if self.crop and self.random_crop:
-            offsets = rng.integers(0, room)
+        if self.caffe_seed is not None:
+            flips, offsets = self._caffes(k, n, room)
         else:
-            offsets = (room - 1) // 2
+            flips = rng.integers(0, 2, n).astype(bool) if self.mirror else np.zeros(n, bool)
+            offsets = rng.integers(0, room) if self.crop and self.random_crop else (room - 1) // 2
         shifts = self.pca.shifts(rng, n) if self.pca is not None else None
         return Draws(offsets.astype(np.int64), flips, shifts)
+
+    def _caffes(self, k, n, room):
+        random_crop = bool(self.crop and self.random_crop)
+        per_image = int(self.mirror) + 2 * random_crop
+        if not per_image:
+            return np.zeros(n, bool), (room - 1) // 2
+        stream = _STREAMS.setdefault(self.caffe_seed, CaffeStream(self.caffe_seed))
+        raw = stream.raw(k * n * per_image, n * per_image).reshape(n, per_image)
+        flips = raw[:, 0] % 2 == 1 if self.mirror else np.zeros(n, bool)
+        offsets = raw[:, -2:] % room.astype(np.uint64) if random_crop else (room - 1) // 2
+        return flips, offsets.astype(np.int64)
+
+
+_STREAMS = {}
+"""This process's CaffeStreams by seed (a worker inherits the parent's at fork, then advances its own)."""
 
 
 def window(img, offset, flip, height, width):

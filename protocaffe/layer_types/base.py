@@ -56,6 +56,11 @@ class BuildContext:
     generator: torch.Generator = field(default_factory=torch.Generator)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _device_generators: dict = field(default_factory=dict)
+    #: the net's random seed (Caffe's random_seed), None when unseeded
+    seed: int = None
+    #: how many values Caffe's global mt19937 (seeded with ``seed``) has given out so far, while
+    #: only data layers were set up in a TRAIN net; None once it is not known (see data.layers)
+    caffe_draws: int = None
 
     def generator_on(self, device):
         """The generator for draws made on ``device``: ``generator`` itself on the CPU; elsewhere
