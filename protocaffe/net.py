@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protocaffe import fileio, netlog
+from protocaffe import caffe_random, fileio, netlog
 from protocaffe.errors import CaffeError
 from protocaffe.data import hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.layer_types import BuildContext, layer_class
@@ -179,7 +179,7 @@ class CaffeNet(nn.Module):
     tensor). ``loss(blobs)`` gives Caffe's total loss.
     """
 
-    def __init__(self, param, *, seed=None, device=None):
+    def __init__(self, param, *, seed=None, device=None, caffe_stream=None):
         super().__init__()
         self.param = param
         self.phase = param.state.phase
@@ -188,10 +188,10 @@ class CaffeNet(nn.Module):
             generator.manual_seed(int(seed))
         else:
             generator.seed()
-        seeded = seed is not None and seed >= 0
+        if caffe_stream is None and seed is not None and seed >= 0:
+            caffe_stream = caffe_random.Stream(int(seed))
         self.ctx = BuildContext(phase=self.phase, generator=generator, device=torch.device(device or "cpu"),
-                                seed=int(seed) if seeded else None,
-                                caffe_draws=0 if seeded and self.phase == caffe_pb2.TRAIN else None)
+                                caffe_stream=caffe_stream)
         self.layers = nn.ModuleDict()
         self.plan = []
         self.blob_shapes = {}
@@ -215,8 +215,8 @@ class CaffeNet(nn.Module):
                                      f"blobs so far: {', '.join(shapes) or 'none'}")
             bottom_shapes = [shapes[b] for b in lp.bottom]
             layer = cls(lp, bottom_shapes, self.ctx)
-            if lp.type not in ("Data", "ImageData"):  # Caffe's global stream is followed through data layers only
-                self.ctx.caffe_draws = None
+            if self.ctx.caffe_stream is not None and not layer.replays_caffe_draws:
+                self.ctx.caffe_stream.lost = True
             tops = layer.top_shapes(bottom_shapes)
             for name, shape in zip(lp.top, tops):
                 shapes[name] = tuple(int(d) for d in shape)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import DATA
 from protocaffe.cli import main
+from protocaffe import caffe_random
 from protocaffe.data import transform
 
 FOLDER = DATA / "caffe_data_draws"
@@ -44,8 +45,8 @@ def test_another_seed_gives_other_crops(tmp_path, monkeypatch, capsys):
 
 
 def test_the_stream_is_caffes_mt19937_and_addressed_by_position():
-    stream = transform.CaffeStream(7)
+    stream = caffe_random.Stream(7)
     first = stream.raw(0, 6)
     assert int(first[0]) == 327741615  # std::mt19937(7)'s first output (checked with g++)
-    again = transform.CaffeStream(7)
+    again = caffe_random.Stream(7)
     assert np.array_equal(again.raw(4, 2), first[4:]) and np.array_equal(again.raw(1, 2), first[1:3])

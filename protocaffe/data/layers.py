@@ -47,21 +47,19 @@ class _PrefetchingLayer(Layer):
     num_tops = (1, 2)
 
     def _caffe_seed(self, setup_draws=0):
-        """The seed Caffe's DataTransformer takes here from Caffe's global mt19937, or None where
-        that is not known: an unseeded net, a TEST net (built after the TRAIN net's fillers
-        drew), or a layer after any other kind. Caffe's setup takes, in order: InitRand's
-        value (when the transformer draws at all), ``setup_draws`` (ImageData's shuffle and
-        skip), a second InitRand's (BasePrefetchingDataLayer calls it again: that seed is the
-        one used), and the prefetch thread's seed. Checked against `caffe train` logs
-        (tests/data/caffe_data_draws)."""
-        tp, position = self.param.transform_param, self.ctx.caffe_draws
-        if position is None:
+        """Take this layer's values from Caffe's global stream (when it is still Caffe's) in
+        the order Caffe's setup takes them, and return the seed of its DataTransformer:
+        InitRand's value (when the transformer draws at all), ``setup_draws`` (ImageData's
+        shuffle and skip), a second InitRand's (BasePrefetchingDataLayer calls it again:
+        that seed is the one used), and the prefetch thread's seed. Checked against `caffe
+        train` logs (tests/data/caffe_data_draws)."""
+        stream = self.ctx.caffes()
+        if stream is None:
             return None
-        draws = tp.mirror or (self.phase == caffe_pb2.TRAIN and tp.crop_size)
-        position += setup_draws + bool(draws)
-        seed = int(transform.CaffeStream(self.ctx.seed).raw(position, 1)[0]) if draws else None
-        self.ctx.caffe_draws = position + bool(draws) + 1
-        return seed
+        tp = self.param.transform_param
+        draws = bool(tp.mirror or (self.phase == caffe_pb2.TRAIN and tp.crop_size))
+        values = stream.next(2 * draws + setup_draws + 1)
+        return int(values[draws + setup_draws]) if draws else None
 
     def _setup_pipeline(self, reader, first, batch_size, source, seed, caffe_seed=None):
         tp = self.param.transform_param

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from protocaffe import fileio
+from protocaffe import caffe_random, fileio
 from protocaffe.errors import CaffeError
 
 
@@ -83,34 +83,6 @@ class Draws:
     shifts: np.ndarray = None
 
 
-def mt19937(seed):
-    """The Mersenne twister seeded as ``std::mt19937(seed)`` / ``boost::mt19937(seed)``
-    (numpy's legacy seeding is the same init_genrand); ``.random_raw(n)`` gives its outputs."""
-    generator = np.random.MT19937(0)
-    generator._legacy_seeding(int(seed) & 0xFFFFFFFF)
-    return generator
-
-
-class CaffeStream:
-    """A position-addressed view of one mt19937 stream: ``raw(start, count)`` gives outputs
-    start .. start + count - 1. Reading forward costs only the outputs skipped (each worker
-    process keeps its own copy); reading backward starts again from the seed."""
-
-    def __init__(self, seed):
-        self.seed = seed
-        self.generator, self.position = mt19937(seed), 0
-
-    def raw(self, start, count):
-        if start < self.position:
-            self.generator, self.position = mt19937(self.seed), 0
-        while self.position < start:
-            skip = min(start - self.position, 1 << 24)
-            self.generator.random_raw(skip)
-            self.position += skip
-        self.position += count
-        return self.generator.random_raw(count)
-
-
 @dataclass(frozen=True)
 class Augment:
     """Caffe's random choices for batch ``k``. With ``caffe_seed`` (a TRAIN net's first data
@@ -145,7 +117,7 @@ class Augment:
         per_image = int(self.mirror) + 2 * random_crop
         if not per_image:
             return np.zeros(n, bool), (room - 1) // 2
-        stream = _STREAMS.setdefault(self.caffe_seed, CaffeStream(self.caffe_seed))
+        stream = _STREAMS.setdefault(self.caffe_seed, caffe_random.Stream(self.caffe_seed))
         raw = stream.raw(k * n * per_image, n * per_image).reshape(n, per_image)
         flips = raw[:, 0] % 2 == 1 if self.mirror else np.zeros(n, bool)
         offsets = raw[:, -2:] % room.astype(np.uint64) if random_crop else (room - 1) // 2
@@ -153,7 +125,7 @@ class Augment:
 
 
 _STREAMS = {}
-"""This process's CaffeStreams by seed (a worker inherits the parent's at fork, then advances its own)."""
+"""This process's transformer streams by seed (a worker inherits the parent's at fork, then advances its own)."""
 
 
 def window(img, offset, flip, height, width):

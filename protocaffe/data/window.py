@@ -133,6 +133,7 @@ class WindowData(Layer):
     come from the net's seeded generator (not Caffe's, so the windows differ);
     batches are made in the training thread, not prefetched.
     """
+    replays_caffe_draws = False  # its window draws are not Caffe's
     type = "WindowData"
     num_bottoms = 0
     num_tops = 2

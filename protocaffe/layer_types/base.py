@@ -56,11 +56,15 @@ class BuildContext:
     generator: torch.Generator = field(default_factory=torch.Generator)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _device_generators: dict = field(default_factory=dict)
-    #: the net's random seed (Caffe's random_seed), None when unseeded
-    seed: int = None
-    #: how many values Caffe's global mt19937 (seeded with ``seed``) has given out so far, while
-    #: only data layers were set up in a TRAIN net; None once it is not known (see data.layers)
-    caffe_draws: int = None
+    #: Caffe's global random stream (protocaffe.caffe_random.Stream) under a random seed, as
+    #: Caffe::set_random_seed starts it; fillers, data layers and CPU Dropout draw from it as
+    #: Caffe's layers do. None when unseeded; ``.lost`` once a layer drew what is not replayed
+    caffe_stream: object = None
+
+    def caffes(self):
+        """Caffe's stream when its values are still Caffe's, else None."""
+        stream = self.caffe_stream
+        return None if stream is None or stream.lost else stream
 
     def generator_on(self, device):
         """The generator for draws made on ``device``: ``generator`` itself on the CPU; elsewhere
@@ -80,6 +84,9 @@ class Layer(nn.Module):
     """One Caffe layer. Subclasses set ``type`` and the bottom/top counts they accept."""
 
     type = None
+    #: whether building this layer takes from Caffe's random stream only what protocaffe
+    #: replays (its fillers, through add_blob); False where Caffe draws otherwise
+    replays_caffe_draws = True
     #: number of bottoms accepted: an int, or (min, max) with max None for no limit
     num_bottoms = 1
     #: number of tops produced: an int, or (min, max)
@@ -134,7 +141,7 @@ class Layer(nn.Module):
         from protocaffe.fillers import fill
         tensor = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
         fill(tensor, filler if filler is not None else caffe_pb2.FillerParameter(),
-             self.ctx.generator)
+             self.ctx.generator, self.ctx.caffes())
         if trainable:
             setattr(self, name, nn.Parameter(tensor))
         else:

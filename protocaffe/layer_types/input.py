@@ -60,6 +60,8 @@ class DummyData(Layer):
         if len(fillers) not in (1, len(self.shapes)):
             raise self.error(f"needs 0, 1 or {len(self.shapes)} data_filler, found {len(fillers)}")
         self.fillers = [fillers[0] if len(fillers) == 1 else fillers[i] for i in range(len(self.shapes))]
+        # Caffe redraws non-constant fillers at every forward, from its stream: not replayed
+        self.replays_caffe_draws = all(f.type == "constant" for f in self.fillers)
 
     def top_shapes(self, bottom_shapes):
         return list(self.shapes)

@@ -5,9 +5,11 @@ name, so none of these modifies its input.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from protocaffe import caffe_random
 from protocaffe.layer_types.base import Layer, register
 from protocaffe.proto import caffe_pb2
 
@@ -160,7 +162,9 @@ class Dropout(_Neuron):
     """x (any) -> same shape. TRAIN: each unit kept with probability 1 - dropout_ratio and
     scaled by 1 / (1 - dropout_ratio) (inverted dropout, as Caffe); TEST: identity.
 
-    The mask is drawn on x's device from the net's generator there, so a seeded run repeats.
+    The mask is drawn on x's device from the net's generator there, so a seeded run repeats;
+    on the CPU in a net under a random seed it is Caffe's own (caffe_rng_bernoulli from
+    Caffe's stream, protocaffe.caffe_random).
     """
     type = "Dropout"
 
@@ -173,6 +177,12 @@ class Dropout(_Neuron):
         if self.phase != caffe_pb2.TRAIN:
             return x
         ratio = self.param.dropout_param.dropout_ratio
+        stream = self.ctx.caffes() if x.device.type == "cpu" else None
+        if stream is not None:  # Caffe's CPU mask and float scale (on a GPU Caffe draws with cuRAND)
+            threshold = float(np.float32(ratio))
+            keep = caffe_random.bernoulli(stream, x.numel(), 1.0 - threshold)
+            keep = torch.from_numpy(keep.reshape(tuple(x.shape))).to(x.dtype)
+            return x * keep * float(np.float32(1.0 / (1.0 - threshold)))
         keep = torch.rand(x.shape, generator=self.ctx.generator_on(x.device), device=x.device) >= ratio
         return x * keep.to(x.dtype) * (1.0 / (1.0 - ratio))
 

@@ -57,6 +57,7 @@ class _Recurrent(Layer):
     A subclass sets ``num_states`` and writes ``add_blobs(input_dim, static_dim)`` and
     ``run(xw, cont, states) -> (outputs (T, N, H), final states)``.
     """
+    replays_caffe_draws = False  # Caffe fills its unrolled net's blobs in that net's own order
     num_bottoms = (2, 5)
     num_tops = (1, 3)
     num_states = 1

@@ -21,6 +21,7 @@ from google.protobuf import unknown_fields
 from protocaffe import fileio
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
+from protocaffe import caffe_random
 from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
 from protocaffe.solver.policies import POLICIES, check_policy, plateau_observe
@@ -111,12 +112,14 @@ class Solver:
         log.info("Initializing solver from parameters: \n%s", p)
         (train, train_state), tests = _net_params(p)
         log.info("Creating training net")
-        self.net = CaffeNet(filter_net(train, train_state), seed=seed).to(self.device)
+        # one Caffe random stream for all the nets, as Caffe::set_random_seed starts it
+        stream = caffe_random.Stream(seed) if seed is not None else None
+        self.net = CaffeNet(filter_net(train, train_state), seed=seed, caffe_stream=stream).to(self.device)
         self.net.keep_all_blobs = False  # the loop reads outputs only: free the rest early
         self.test_nets = []
         for i, (t, state) in enumerate(tests):
             log.info("Creating test net (#%d) specified by the solver", i)
-            test_net = CaffeNet(filter_net(t, state), seed=seed).to(self.device)
+            test_net = CaffeNet(filter_net(t, state), seed=seed, caffe_stream=stream).to(self.device)
             test_net.keep_all_blobs = False
             share_trained_layers(test_net, self.net)
             self.test_nets.append(test_net)

@@ -1,0 +1,304 @@
+"""Caffe's random numbers, value for value: its mt19937 and the Boost.Random distributions it uses.
+
+Caffe's CPU code draws everything from ``boost::mt19937`` streams: the global one
+(``Caffe::set_random_seed(random_seed)``; fillers, Dropout, the seeds of the data
+layers' own streams) and one per data transformer (crops and mirrors). This module
+replays them, in float32 arithmetic as Caffe's float build computes them:
+
+- :class:`Stream`: the raw 32-bit outputs of ``mt19937(seed)``, addressed by position;
+- :func:`uniform`: ``caffe_rng_uniform`` (``boost::uniform_real<float>(a, nextafter(b))``);
+- :func:`gaussian`: ``caffe_rng_gaussian`` (``boost::normal_distribution<float>``, Boost
+  1.74's ziggurat with its exponential tail; a variable number of draws per value);
+- :func:`bernoulli`: ``caffe_rng_bernoulli`` (``boost::bernoulli_distribution``).
+
+The ziggurat tables are computed here from their definition (128 normal and 256
+exponential layers of equal area), to 40 digits with mpmath, then rounded to double:
+the tables Boost's headers spell out. Every function was checked against a C++ program
+built with Boost 1.74 and against real ``caffe train`` logs (tests/test_caffe_random.py).
+"""
+import ctypes
+import ctypes.util
+import functools
+
+import numpy as np
+
+F = np.float32
+TWO_TO_MINUS_24 = F(2.0 ** -24)
+TWO_TO_MINUS_32 = F(2.0 ** -32)
+_EXPF = None
+
+
+def _expf(x):
+    """The C library's single-precision exp, as ``std::exp(float)`` calls it (numpy's may
+    differ in the last place, and the ziggurat's accept test compares against it)."""
+    global _EXPF
+    if _EXPF is None:
+        libm = ctypes.CDLL(ctypes.util.find_library("m"))
+        libm.expf.restype, libm.expf.argtypes = ctypes.c_float, [ctypes.c_float]
+        _EXPF = libm.expf
+    return F(_EXPF(float(x)))
+
+
+def mt19937(seed):
+    """The Mersenne twister seeded as ``std::mt19937(seed)`` / ``boost::mt19937(seed)``
+    (numpy's legacy seeding is the same init_genrand); ``.random_raw(n)`` gives its outputs."""
+    generator = np.random.MT19937(0)
+    generator._legacy_seeding(int(seed) & 0xFFFFFFFF)
+    return generator
+
+
+class Stream:
+    """The outputs of ``mt19937(seed)``: ``raw(start, count)`` gives outputs start ..
+    start + count - 1 (uint64 array), ``next(count)`` the ones after the last read.
+    Reading forward costs only the outputs skipped; reading backward starts again."""
+
+    def __init__(self, seed, position=0):
+        self.seed = seed
+        self.generator, self.position = mt19937(seed), 0
+        #: set when a layer whose draws are not replayed (a recurrent net, a Python layer, ...)
+        #: took values from Caffe's stream: what follows can no longer be Caffe's
+        self.lost = False
+        self.raw(position, 0)
+
+    def raw(self, start, count):
+        if start < self.position:
+            self.generator, self.position = mt19937(self.seed), 0
+        while self.position < start:
+            skip = min(start - self.position, 1 << 24)
+            self.generator.random_raw(skip)
+            self.position += skip
+        self.position += count
+        return self.generator.random_raw(count)
+
+    def next(self, count=1):
+        return self.raw(self.position, count)
+
+    def peek(self, count):
+        """The next ``count`` outputs, without moving on."""
+        state = self.generator.state
+        values = self.generator.random_raw(count)
+        self.generator.state = state
+        return values
+
+
+# ---- uniform and bernoulli ---------------------------------------------------------------
+
+def uniform(stream, n, low, high):
+    """``caffe_rng_uniform(n, low, high)``: float32 values in [low, high]. Boost's
+    uniform_real over [low, nextafter(high)) turns each output into one value and skips an
+    output whose value rounds up to that bound, so the values are the accepted ones in order."""
+    low, top = F(low), np.nextafter(F(high), F(np.inf))
+    span, divisor = F(top - low), F(F(4294967295.0) + F(1.0))
+    parts, missing = [], n
+    while missing:
+        values = (stream.next(missing).astype(np.float32) / divisor * span + low).astype(np.float32)
+        values = values[values < top]
+        parts.append(values)
+        missing -= len(values)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def bernoulli(stream, n, p, dtype=np.float64):
+    """``caffe_rng_bernoulli(n, p)``: output u gives ``u <= p * (2^32 - 1)``, computed in
+    ``dtype``: double for Dropout (which passes ``1. - ratio``), float for the sparse
+    gaussian filler (which passes a float probability)."""
+    if p == 0:
+        return np.zeros(n, bool)
+    if dtype == np.float32:
+        return stream.next(n).astype(np.float32) <= F(F(p) * F(4294967295.0))
+    return stream.next(n).astype(np.float64) <= p * 4294967295.0
+
+
+# ---- the ziggurats -------------------------------------------------------------------------
+
+@functools.cache
+def ziggurat(kind):
+    """(x, y) tables of Boost's ziggurat: ``normal`` (f = exp(-x^2 / 2), 128 layers) or
+    ``exponential`` (f = exp(-x), 256 layers). x[0] = v / f(r), x[1] = r, each layer of
+    area v, y[i] = f(x[i]), x[n] = 0, y[n] = 1; r solves the last layer's closure."""
+    import mpmath as mp
+    mp.mp.dps = 40
+    if kind == "normal":
+        layers, guess = 128, mp.mpf("3.44261985589665")
+        f, inverse = (lambda x: mp.exp(-x * x / 2)), (lambda y: mp.sqrt(-2 * mp.log(y)))
+        tail = lambda r: mp.sqrt(mp.pi / 2) * mp.erfc(r / mp.sqrt(2))  # noqa: E731
+    else:
+        layers, guess = 256, mp.mpf("7.69711747013105")
+        f, inverse, tail = (lambda x: mp.exp(-x)), (lambda y: -mp.log(y)), (lambda r: mp.exp(-r))
+
+    def build(r):
+        v = r * f(r) + tail(r)
+        x, y = [v / f(r), r], [mp.mpf(0), f(r)]
+        for i in range(1, layers - 1):
+            y.append(y[i] + v / x[i])
+            x.append(inverse(y[-1]))
+        return x, y, v
+
+    def closure(r):
+        x, y, v = build(r)
+        return y[-1] + v / x[-1] - 1
+    x, y, _ = build(mp.findroot(closure, guess))
+    return np.array([float(v) for v in x + [0]]), np.array([float(v) for v in y + [1]])
+
+
+def _uniform_01(stream):
+    """Boost's uniform_01<float>: one output times 2^-32, redrawn while it rounds to 1."""
+    while True:
+        result = F(F(int(stream.next()[0])) * TWO_TO_MINUS_32)
+        if result < F(1):
+            return result
+
+
+def _pair(u):
+    """generate_int_float_pair<float, 8> from one 32-bit output: (the float from its top 24
+    bits, the 8-bit bucket from its low bits)."""
+    return (u >> 8).astype(np.float32) * TWO_TO_MINUS_24, (u & 0xFF).astype(np.int64)
+
+
+def _exponential(stream):
+    """One unit exponential (Boost's ziggurat), drawing as it goes."""
+    x_table, y_table = ziggurat("exponential")
+    shift = F(0)
+    while True:
+        r, i = _pair(stream.next())
+        r, i = r[0], int(i[0])
+        x = F(r * F(x_table[i]))
+        if x < F(x_table[i + 1]):
+            return F(shift + x)
+        if i == 0:
+            shift = F(shift + F(x_table[1]))
+            continue
+        y01 = _uniform_01(stream)
+        y = F(F(y_table[i]) + F(y01 * F(y_table[i + 1] - y_table[i])))
+        above_upper = F(F(F(x_table[i] - x_table[i + 1]) * y01) - F(F(x_table[i]) - x))
+        above_lower = F(y - F(F(y_table[i + 1]) + F(F(F(x_table[i + 1]) - x) * F(y_table[i + 1]))))
+        if above_upper < 0 and (above_lower < 0 or y < _expf(F(-x))):
+            return F(x + shift)
+
+
+def _normal_tail(stream):
+    x_table, _ = ziggurat("normal")
+    start = F(x_table[1])
+    while True:
+        x = F(_exponential(stream) / start)
+        y = _exponential(stream)
+        if F(F(2) * y) > F(x * x):
+            return F(x + start)
+
+
+def _normal_slow(stream, r, i):
+    """One unit normal whose first pair (r, i) left the fast path; draws what it needs."""
+    x_table, y_table = ziggurat("normal")
+    while True:
+        sign = F((i & 1) * 2 - 1)
+        i >>= 1
+        x = F(r * F(x_table[i]))
+        if x < x_table[i + 1]:
+            return F(x * sign)
+        if i == 0:
+            return F(_normal_tail(stream) * sign)
+        y01 = _uniform_01(stream)
+        y = F(F(y_table[i]) + F(y01 * F(y_table[i + 1] - y_table[i])))
+        slope = F(F(F(F(x_table[i]) - x) * F(y_table[i])) * F(x_table[i]))
+        if x_table[i] >= 1:
+            above_upper = F(F(F(x_table[i] - x_table[i + 1]) * y01) - F(F(x_table[i]) - x))
+            above_lower = F(y - F(F(y_table[i]) + slope))
+        else:
+            above_lower = F(F(F(x_table[i] - x_table[i + 1]) * y01) - F(F(x_table[i]) - x))
+            above_upper = F(y - F(F(y_table[i]) + slope))
+        if above_upper < 0 and (above_lower < 0 or y < _expf(F(-F(F(x * x) / F(2))))):
+            return F(x * sign)
+        r, i = _pair(stream.next())
+        r, i = r[0], int(i[0])
+
+
+class _Ahead:
+    """Outputs already peeked at, read one by one from index ``at``; IndexError past the end."""
+
+    def __init__(self, values, at):
+        self.values, self.at = values, at
+
+    def next(self, count=1):
+        if self.at + count > len(self.values):
+            raise IndexError
+        self.at += count
+        return self.values[self.at - count:self.at]
+
+
+def _accepted(u, events, x, layer):
+    """Whether each slow (non-tail) pair at ``events`` is accepted, its uniform being the
+    output after it: the ziggurat's wedge test, in float32 as Boost computes it."""
+    x_table, y_table = ziggurat("normal")
+    i, x = layer[events], x[events]
+    y01 = (u[events + 1].astype(np.float32) * TWO_TO_MINUS_32).astype(np.float32)
+    xi, xi1, yi, yi1 = (x_table[i].astype(np.float32), x_table[i + 1], y_table[i].astype(np.float32),
+                        y_table[i + 1])
+    y = (yi + y01 * (yi1 - y_table[i]).astype(np.float32)).astype(np.float32)
+    slope = (((xi - x) * yi).astype(np.float32) * xi).astype(np.float32)
+    near = ((x_table[i] - xi1).astype(np.float32) * y01 - (xi - x)).astype(np.float32)
+    far = (y - (yi + slope)).astype(np.float32)
+    convex = x_table[i] >= 1
+    above_upper, above_lower = np.where(convex, near, far), np.where(convex, far, near)
+    density = np.exp(-((x * x).astype(np.float32) / np.float32(2))).astype(np.float32)
+    close = np.abs(y - density) <= 4 * np.spacing(density)  # numpy's exp may differ from expf in the last place
+    for k in np.flatnonzero(close & (above_upper < 0) & ~(above_lower < 0)):
+        density[k] = _expf(F(-F(F(x[k] * x[k]) / F(2))))
+    return (above_upper < 0) & ((above_lower < 0) | (y < density))
+
+
+def gaussian(stream, n, mean, sigma):
+    """``caffe_rng_gaussian(n, mean, sigma)``: float32 ``unit * sigma + mean`` per value.
+
+    Boost's ziggurat turns one output into a value on its fast path; a pair off it takes
+    the next output as its uniform and gives a value or nothing (then the output after
+    starts afresh); the rare tail draws on, on its own. Outputs are read in blocks and the
+    fast path, the pairs' starts and the wedge tests computed for a block at once."""
+    x_table, _ = ziggurat("normal")
+    x_low = x_table.astype(np.float32)
+    parts, have = [], 0
+    while have < n:
+        start = stream.position
+        u = stream.peek(int(min((n - have) * 1.05, 1 << 22)) + 64)
+        r, bucket = _pair(u)
+        layer = bucket >> 1
+        x = (r * x_low[layer]).astype(np.float32)
+        values = x * ((bucket & 1) * 2 - 1).astype(np.float32)
+        starts = np.ones(len(u), bool)  # outputs that begin a value (not taken by one before)
+        ends = np.arange(1, len(u) + 1)   # for each start, the output after what its value took
+        events, cut = [], len(u) - 1
+        for q in np.flatnonzero(~(x < x_table[layer + 1])).tolist():
+            if q >= cut:
+                break
+            if not starts[q]:
+                continue
+            if layer[q] and u[q + 1] < 0xFFFFFF80:  # a wedge test: takes the next output as its uniform
+                starts[q + 1] = False
+                ends[q] = q + 2
+                events.append(q)
+                continue
+            ahead = _Ahead(u[:cut], q + 1)  # the tail, or a uniform redrawn: finished one by one
+            try:
+                values[q] = _normal_slow(ahead, r[q], int(bucket[q]))
+            except IndexError:
+                cut = q
+                break
+            starts[q + 1:ahead.at] = False
+            ends[q] = ahead.at
+        events = np.array(events, np.int64)
+        emits = starts.copy()
+        emits[cut:] = False
+        if len(events):
+            emits[events] = _accepted(u, events, x, layer)
+        positions = np.flatnonzero(emits)[:n - have]
+        parts.append(values[positions])
+        have += len(positions)
+        if have == n:
+            stream.raw(start + int(ends[positions[-1]]), 0)
+            break
+        stream.raw(start + cut, 0)
+        if cut < len(u) - 1:  # a value the block could not finish: drawn live
+            r0, i0 = _pair(stream.next())
+            parts.append(np.array([_normal_slow(stream, r0[0], int(i0[0]))], np.float32))
+            have += 1
+    out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return (out * F(sigma) + F(mean)).astype(np.float32)
