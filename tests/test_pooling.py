@@ -84,3 +84,12 @@ def test_pooling_refuses_what_caffe_refuses(param, found):
         pooling_net((1, 1, 5, 5), param)
     assert str(error.value).startswith("layer 'pool' (type Pooling): ")
     assert found in str(error.value)
+
+
+@pytest.mark.parametrize("mode, size", [("CEIL", 3), ("FLOOR", 2)])
+def test_unpadded_max_pooling_rounds_as_the_round_mode_says(mode, size):
+    x = torch.arange(36.0).reshape(1, 1, 6, 6)
+    out = pooling_net((1, 1, 6, 6), f"pool: MAX kernel_size: 3 stride: 2 round_mode: {mode}")(x=x)["y"]
+    assert out.shape == (1, 1, size, size)  # (6 - 3) / 2 + 1, rounded up or down
+    expected = torch.tensor([[14.0, 16.0, 17.0], [26.0, 28.0, 29.0], [32.0, 34.0, 35.0]])[:size, :size]
+    assert torch.equal(out[0, 0], expected)  # the last window (ceil) is clipped to the input

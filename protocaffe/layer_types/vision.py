@@ -255,6 +255,11 @@ class Pooling(Layer):
         h, w = x.shape[2:]
         k = self._kernel(h, w)
         if self.method == PoolMethod.MAX:
+            out = self._out(h, w)
+            if not any(self.pad) and all((o - 1) * st < size for o, st, size in zip(out, self.stride, (h, w))):
+                # unpadded, every window starting inside the input: PyTorch's rounding (ceil_mode) and clipping
+                # of the last window are Caffe's, and x is not copied into a padded tensor
+                return F.max_pool2d(x, k, self.stride, ceil_mode=self.ceil)
             # Caffe starts each window at -FLT_MAX: a window holding no input value gives it
             return F.max_pool2d(self._padded(x, torch.finfo(x.dtype).min), k, self.stride)
         if self.method == PoolMethod.AVE:
