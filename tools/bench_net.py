@@ -32,7 +32,7 @@ from torch import nn
 
 from protocaffe import TEST
 from protocaffe.commands.time import forward_layers, step_flops
-from protocaffe.net import build_net
+from protocaffe.net import build_net, read_net_param
 from protocaffe.speed import Speed, matmul_ceiling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,9 @@ def caffenet_flops(device, batch):
 def configurations(device, batch, args):
     """(label, precision, forward+backward function) for every setting asked for."""
     x = torch.randn(batch, 3, 227, 227, device=device)
-    base = build_net(str(DEPLOY), TEST, seed=1).to(device)
+    param = read_net_param(str(DEPLOY))
+    param.force_backward = True  # a deploy net has no loss: Caffe's rule would skip every backward
+    base = build_net(param, TEST, seed=1).to(device)
     base.keep_all_blobs = False  # as the solver and `protocaffe test` run it
     out = []
     for precision in args.precisions.split(","):
