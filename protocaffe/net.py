@@ -410,12 +410,12 @@ def _blob_fits(blob, target_shape):
 
 
 def build_net(path_or_param, phase=caffe_pb2.TEST, *, level=None, stages=(), weights=None,
-              seed=None, device=None):
+              seed=None, device=None, caffe_stream=None):
     """parse, upgrade, filter, build and (optionally) load weights: the whole pipeline in one call."""
     param = (read_net_param(path_or_param) if isinstance(path_or_param, (str, os.PathLike))
              else path_or_param)
     param = filter_net(param, net_state(param, phase, level, stages))
-    net = CaffeNet(param, seed=seed, device=device)
+    net = CaffeNet(param, seed=seed, device=device, caffe_stream=caffe_stream)
     if weights:
         for w in str(weights).split(","):
             net.copy_from(w)

@@ -175,6 +175,11 @@ def test_set_random_seed_makes_fillers_repeat(tmp_path):
     c = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST).params["ip"][0].data.copy()
     np.testing.assert_array_equal(a, c)
     assert not np.array_equal(a, b)
+    # Caffe's values: the gaussian filler's draws from mt19937(7), the second net's after the first's
+    from protocaffe import caffe_random
+    stream = caffe_random.Stream(7)
+    np.testing.assert_array_equal(a.ravel(), caffe_random.gaussian(stream, 12, 0, 1))
+    np.testing.assert_array_equal(b.ravel(), caffe_random.gaussian(stream, 12, 0, 1))
 
 
 def test_errors_name_the_layer():

@@ -4,11 +4,11 @@ import time
 import torch
 import torch.distributed
 
-from protocaffe import log as logs
+from protocaffe import caffe_random, log as logs
 
 from protocaffe.errors import CaffeError
 
-_MODE = {"device": torch.device("cpu"), "gpu_id": 0, "seeds": None}
+_MODE = {"device": torch.device("cpu"), "gpu_id": 0, "seeds": None, "stream": None}
 
 
 def set_mode_cpu():
@@ -35,10 +35,17 @@ def current_device():
 
 
 def set_random_seed(seed):
-    """Caffe's set_random_seed: nets made from now on fill their weights from this seed, in order,
-    and torch's global generator (dropout, shuffling) restarts from it."""
+    """Caffe's set_random_seed: Caffe's global random stream restarts from this seed, and the
+    nets made from now on draw from it in turn (their fillers take Caffe's values, as in
+    Caffe); torch's global generator restarts from it too."""
     torch.manual_seed(int(seed))
     _MODE["seeds"] = torch.Generator().manual_seed(int(seed))
+    _MODE["stream"] = caffe_random.Stream(int(seed))
+
+
+def caffe_stream():
+    """The stream set_random_seed started (protocaffe.caffe_random.Stream), or None."""
+    return _MODE["stream"]
 
 
 def next_seed():

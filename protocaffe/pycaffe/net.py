@@ -15,7 +15,7 @@ import torch
 from protocaffe.errors import CaffeError
 from protocaffe.net import build_net
 from protocaffe.pycaffe.blob import Blob, ParamBlob
-from protocaffe.pycaffe.mode import current_device, next_seed
+from protocaffe.pycaffe.mode import caffe_stream, current_device, next_seed
 
 
 class Layer:
@@ -64,9 +64,10 @@ class Net:
 
     def __init__(self, network_file, *args, weights=None, phase=None, level=None, stages=(), seed=None):
         weights, phase = _parse_net_args(args, weights, phase)
+        stream = caffe_stream() if seed is None else None  # after set_random_seed: Caffe's draws, in turn
         seed = next_seed() if seed is None else seed
         self._attach(build_net(network_file, phase, level=level, stages=stages, weights=weights,
-                               seed=seed, device=current_device()))
+                               seed=seed, device=current_device(), caffe_stream=stream))
 
     @classmethod
     def wrap(cls, module):
