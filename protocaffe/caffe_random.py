@@ -302,3 +302,40 @@ def gaussian(stream, n, mean, sigma):
             have += 1
     out = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return (out * F(sigma) + F(mean)).astype(np.float32)
+
+
+# ---- caffe::shuffle (ImageData's shuffle) ---------------------------------------------------
+
+def shuffle(values, stream):
+    """``caffe::shuffle(begin, end, gen)`` in place: for i = n - 1 down to 1, swap item i with
+    item ``boost::uniform_int(0, i)``. Boost's uniform_int over i + 1 values from 32-bit
+    outputs divides each output by a bucket size and redraws a quotient above i; the
+    quotients are computed for all i at once and only a redraw is finished one by one."""
+    n = len(values)
+    if n < 2:
+        return values
+    ranges = np.arange(n - 1, 0, -1, dtype=np.uint64)  # i for each step, in draw order
+    brange = np.uint64(0xFFFFFFFF)
+    buckets = brange // (ranges + 1)
+    buckets += (brange % (ranges + 1) == ranges)  # Boost's exact bucket when brange is the max
+    picks = np.empty(n - 1, np.int64)
+    done = 0
+    while done < n - 1:
+        start = stream.position
+        raw = stream.peek(n - 1 - done)
+        quotients = raw // buckets[done:]
+        bad = np.flatnonzero(quotients > ranges[done:])
+        stop = int(bad[0]) if len(bad) else len(raw)
+        picks[done:done + stop] = quotients[:stop]
+        stream.raw(start + stop, 0)
+        done += stop
+        if done < n - 1:  # a redraw for this step: draw until the quotient fits
+            while True:
+                quotient = int(stream.next()[0]) // int(buckets[done])
+                if quotient <= int(ranges[done]):
+                    picks[done] = quotient
+                    break
+            done += 1
+    for i, j in zip(range(n - 1, 0, -1), picks.tolist()):
+        values[i], values[j] = values[j], values[i]
+    return values

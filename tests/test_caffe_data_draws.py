@@ -50,3 +50,35 @@ def test_the_stream_is_caffes_mt19937_and_addressed_by_position():
     assert int(first[0]) == 327741615  # std::mt19937(7)'s first output (checked with g++)
     again = caffe_random.Stream(7)
     assert np.array_equal(again.raw(4, 2), first[4:]) and np.array_equal(again.raw(1, 2), first[1:3])
+
+
+def test_image_data_shuffles_and_skips_as_caffes_image_data_layer(tmp_path):
+    """ImageData under a seed takes, as image_data_layer.cpp does: InitRand's value, the
+    shuffle's seed, the skip (value % rand_skip), InitRand's again, the thread's; the list is
+    shuffled by caffe::shuffle at setup and again at each wrap. (Our reference Caffe build
+    cannot read images, so this checks the wiring; caffe::shuffle itself is checked against
+    Boost in test_caffe_random.py.)"""
+    import cv2
+    from protocaffe import TRAIN
+    from protocaffe.net import build_net
+    n = 7
+    for i in range(n):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((6, 6, 3), i * 30, np.uint8))
+    (tmp_path / "list.txt").write_text("".join(f"{i}.png {i}\n" for i in range(n)))
+    (tmp_path / "net.prototxt").write_text(f'''
+layer {{ name: "images" type: "ImageData" top: "data" top: "label"
+  transform_param {{ mirror: true crop_size: 4 }}
+  image_data_param {{ source: "{tmp_path / 'list.txt'}" root_folder: "{tmp_path}/" batch_size: 3
+                      shuffle: true rand_skip: 5 }} }}''')
+    net = build_net(str(tmp_path / "net.prototxt"), TRAIN, seed=3)
+    net.layers["images"].workers = 0
+    labels = [int(v) for _ in range(5) for v in net()["label"].tolist()]
+    values = caffe_random.Stream(3).raw(0, 5)
+    shuffle_stream, skip = caffe_random.Stream(int(values[1])), int(values[2]) % 5
+    order = caffe_random.shuffle(list(range(n)), shuffle_stream)
+    expected = order[skip:]
+    while len(expected) < len(labels):
+        order = caffe_random.shuffle(order, shuffle_stream)
+        expected += order
+    assert labels == expected[:len(labels)]
+    assert net.layers["images"].pipeline.augment.caffe_seed == int(values[3])

@@ -52,3 +52,16 @@ def test_stream_reads_by_position():
     assert int(first[0]) == 327741615  # std::mt19937(7)'s first output
     assert np.array_equal(stream.peek(2), caffe_random.Stream(7).raw(6, 2)) and stream.position == 6
     assert np.array_equal(stream.raw(2, 3), first[2:5])
+
+
+def test_shuffle_is_caffes_with_boosts_uniform_int():
+    """caffe::shuffle (include/caffe/util/rng.hpp) on 0..n-1 with boost::mt19937, from a C++
+    program built with Boost 1.74: n 10 (seed 5, once) and n 1000 (seed 9, three times)."""
+    stream = caffe_random.Stream(5)
+    assert caffe_random.shuffle(list(range(10)), stream) == [4, 8, 9, 3, 7, 1, 5, 6, 0, 2]
+    assert int(stream.next()[0]) == 385778404
+    stream, values = caffe_random.Stream(9), list(range(1000))
+    for _ in range(3):
+        values = caffe_random.shuffle(values, stream)
+    assert digest(np.array(values, np.int64)) == "62edc30b4833a95cdec2f80b34af197c8bbd44b81cebca1a5bda23b204545e8d"
+    assert int(stream.next()[0]) == 3426701255

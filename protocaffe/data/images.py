@@ -4,6 +4,7 @@ import os
 import cv2
 import numpy as np
 
+from protocaffe import caffe_random
 from protocaffe.errors import CaffeError
 
 
@@ -49,22 +50,37 @@ class ImageListReader:
 
     Paths are ``root_folder + path`` (joined as text, as Caffe does). With
     ``shuffle_seed`` each pass over the list (epoch) has its own order, drawn
-    from the seed and the epoch number, so batches depend only on ``k``.
+    from the seed and the epoch number, so batches depend only on ``k``; with
+    ``caffe_shuffle_seed`` the orders are Caffe's (see :meth:`order`).
     """
 
-    def __init__(self, entries, root_folder, height, width, is_color, batch_size, start, shuffle_seed):
+    def __init__(self, entries, root_folder, height, width, is_color, batch_size, start, shuffle_seed,
+                 caffe_shuffle_seed=None):
         self.entries, self.root = entries, root_folder
         self.height, self.width, self.is_color = height, width, is_color
         self.batch_size, self.start, self.shuffle_seed = batch_size, start, shuffle_seed
-        self._epoch, self._order = None, None
+        self.caffe_shuffle_seed = caffe_shuffle_seed
+        self._epoch, self._order, self._stream = None, None, None
 
     def order(self, epoch):
-        """The entry indices of one pass over the list."""
-        if self._epoch != epoch:
-            n = len(self.entries)
-            self._order = (np.arange(n) if self.shuffle_seed is None else
-                           np.random.default_rng([self.shuffle_seed, epoch]).permutation(n))
-            self._epoch = epoch
+        """The entry indices of one pass over the list. With ``caffe_shuffle_seed``, Caffe's:
+        its ImageData layer shuffles the list in place with caffe::shuffle from an mt19937 of
+        that seed once at setup and again at every wrap, so pass e is the list shuffled e + 1
+        times (replayed from the start when an earlier pass is asked for)."""
+        if self._epoch == epoch:
+            return self._order
+        n = len(self.entries)
+        if self.caffe_shuffle_seed is not None:
+            if self._epoch is None or epoch < self._epoch:
+                self._stream = caffe_random.Stream(self.caffe_shuffle_seed)
+                self._order, self._epoch = caffe_random.shuffle(list(range(n)), self._stream), 0
+            while self._epoch < epoch:
+                self._order = caffe_random.shuffle(self._order, self._stream)
+                self._epoch += 1
+            return self._order
+        self._order = np.arange(n) if self.shuffle_seed is None else \
+            np.random.default_rng([self.shuffle_seed, epoch]).permutation(n)
+        self._epoch = epoch
         return self._order
 
     def image(self, position):

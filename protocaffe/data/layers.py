@@ -46,20 +46,21 @@ class _PrefetchingLayer(Layer):
     num_bottoms = 0
     num_tops = (1, 2)
 
-    def _caffe_seed(self, setup_draws=0):
+    def _caffe_draws(self, setup_draws=0):
         """Take this layer's values from Caffe's global stream (when it is still Caffe's) in
-        the order Caffe's setup takes them, and return the seed of its DataTransformer:
-        InitRand's value (when the transformer draws at all), ``setup_draws`` (ImageData's
-        shuffle and skip), a second InitRand's (BasePrefetchingDataLayer calls it again:
-        that seed is the one used), and the prefetch thread's seed. Checked against `caffe
-        train` logs (tests/data/caffe_data_draws)."""
+        the order Caffe's setup takes them: InitRand's value (when the transformer draws at
+        all), ``setup_draws`` values (ImageData's shuffle seed and skip), a second InitRand's
+        (BasePrefetchingDataLayer calls it again: that seed is the one used), and the
+        prefetch thread's seed (base_data_layer.cpp, image_data_layer.cpp; checked against
+        `caffe train` logs, tests/data/caffe_data_draws). Returns (the transformer's seed or
+        None, [the setup values]), or None without Caffe's stream."""
         stream = self.ctx.caffes()
         if stream is None:
             return None
         tp = self.param.transform_param
         draws = bool(tp.mirror or (self.phase == caffe_pb2.TRAIN and tp.crop_size))
-        values = stream.next(2 * draws + setup_draws + 1)
-        return int(values[draws + setup_draws]) if draws else None
+        values = [int(v) for v in stream.next(2 * draws + setup_draws + 1)]
+        return (values[draws + setup_draws] if draws else None), values[draws:draws + setup_draws]
 
     def _setup_pipeline(self, reader, first, batch_size, source, seed, caffe_seed=None):
         tp = self.param.transform_param
@@ -182,7 +183,8 @@ class Data(_PrefetchingLayer):
             raise self.error(str(e)) from None
         if (tp.force_color or tp.force_gray) and not caffe_pb2.Datum.FromString(record).encoded:
             log.warning("layer '%s': force_color and force_gray apply only to encoded Datums", self.name)
-        self._setup_pipeline(reader, first, dp.batch_size, dp.source, seed, self._caffe_seed())
+        caffe = self._caffe_draws()
+        self._setup_pipeline(reader, first, dp.batch_size, dp.source, seed, caffe and caffe[0])
 
 
 @register
@@ -205,21 +207,25 @@ class ImageData(_PrefetchingLayer):
         if p.batch_size <= 0:
             raise self.error("image_data_param.batch_size must be positive")
         seed, shuffle_seed, skip_seed = _seeds(self.ctx.generator, 3)
+        caffe = self._caffe_draws(bool(p.shuffle) + bool(p.rand_skip))
+        caffe_shuffle_seed = caffe[1][0] if caffe and p.shuffle else None
         try:
             entries = read_list(p.source)
-            skip = int(np.random.default_rng(skip_seed).integers(p.rand_skip)) if p.rand_skip else 0
+            if caffe and p.rand_skip:  # Caffe: caffe_rng_rand() % rand_skip, after the shuffle's seed
+                skip = caffe[1][-1] % p.rand_skip
+            else:
+                skip = int(np.random.default_rng(skip_seed).integers(p.rand_skip)) if p.rand_skip else 0
             if skip >= len(entries):
                 raise CaffeError(f"{p.source}: rand_skip drew {skip}, but the list has {len(entries)} images")
             reader = ImageListReader(entries, p.root_folder, p.new_height, p.new_width, p.is_color,
-                                     p.batch_size, skip, shuffle_seed if p.shuffle else None)
+                                     p.batch_size, skip, shuffle_seed if p.shuffle else None, caffe_shuffle_seed)
             first, _ = reader.image(skip)
         except CaffeError as e:
             raise self.error(str(e)) from None
         if self._shard()[0] > 0 and not p.shuffle and not p.rand_skip:
             log.warning("layer '%s': every rank reads the whole list; shuffle or rand_skip is "
                         "recommended with several ranks (as Caffe says)", self.name)
-        caffe_seed = self._caffe_seed(bool(p.shuffle) + bool(p.rand_skip))
-        self._setup_pipeline(reader, first, p.batch_size, p.source, seed, caffe_seed)
+        self._setup_pipeline(reader, first, p.batch_size, p.source, seed, caffe and caffe[0])
 
 
 @register
