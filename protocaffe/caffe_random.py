@@ -52,13 +52,12 @@ class Stream:
     start + count - 1 (uint64 array), ``next(count)`` the ones after the last read.
     Reading forward costs only the outputs skipped; reading backward starts again."""
 
-    def __init__(self, seed, position=0):
+    def __init__(self, seed):
         self.seed = seed
         self.generator, self.position = mt19937(seed), 0
         #: set when a layer whose draws are not replayed (a recurrent net, a Python layer, ...)
         #: took values from Caffe's stream: what follows can no longer be Caffe's
         self.lost = False
-        self.raw(position, 0)
 
     def raw(self, start, count):
         if start < self.position:
@@ -188,7 +187,7 @@ def _normal_tail(stream):
 
 def _normal_slow(stream, r, i):
     """One unit normal whose first pair (r, i) left the fast path; draws what it needs."""
-    x_table, y_table = ziggurat("normal")
+    x_table, _ = ziggurat("normal")
     while True:
         sign = F((i & 1) * 2 - 1)
         i >>= 1
@@ -197,16 +196,7 @@ def _normal_slow(stream, r, i):
             return F(x * sign)
         if i == 0:
             return F(_normal_tail(stream) * sign)
-        y01 = _uniform_01(stream)
-        y = F(F(y_table[i]) + F(y01 * F(y_table[i + 1] - y_table[i])))
-        slope = F(F(F(F(x_table[i]) - x) * F(y_table[i])) * F(x_table[i]))
-        if x_table[i] >= 1:
-            above_upper = F(F(F(x_table[i] - x_table[i + 1]) * y01) - F(F(x_table[i]) - x))
-            above_lower = F(y - F(F(y_table[i]) + slope))
-        else:
-            above_lower = F(F(F(x_table[i] - x_table[i + 1]) * y01) - F(F(x_table[i]) - x))
-            above_upper = F(y - F(F(y_table[i]) + slope))
-        if above_upper < 0 and (above_lower < 0 or y < _expf(F(-F(F(x * x) / F(2))))):
+        if _normal_wedge(np.array([i]), np.array([x], np.float32), np.array([_uniform_01(stream)], np.float32))[0]:
             return F(x * sign)
         r, i = _pair(stream.next())
         r, i = r[0], int(i[0])
@@ -227,10 +217,15 @@ class _Ahead:
 
 def _accepted(u, events, x, layer):
     """Whether each slow (non-tail) pair at ``events`` is accepted, its uniform being the
-    output after it: the ziggurat's wedge test, in float32 as Boost computes it."""
-    x_table, y_table = ziggurat("normal")
-    i, x = layer[events], x[events]
+    output after it."""
     y01 = (u[events + 1].astype(np.float32) * TWO_TO_MINUS_32).astype(np.float32)
+    return _normal_wedge(layer[events], x[events], y01)
+
+
+def _normal_wedge(i, x, y01):
+    """The normal ziggurat's wedge test for layers ``i`` (not 0), values ``x`` and uniforms
+    ``y01`` (arrays), in float32 as Boost computes it: which are accepted."""
+    x_table, y_table = ziggurat("normal")
     xi, xi1, yi, yi1 = (x_table[i].astype(np.float32), x_table[i + 1], y_table[i].astype(np.float32),
                         y_table[i + 1])
     y = (yi + y01 * (yi1 - y_table[i]).astype(np.float32)).astype(np.float32)

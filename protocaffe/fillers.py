@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from protocaffe import caffe_random
-
 from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
 
@@ -141,6 +140,11 @@ def _caffe_gaussian(shape, p, stream):
     return values
 
 
+def _caffe_xavier(shape, p, stream):
+    scale = np.sqrt(F(3) / _caffe_n(shape, p))  # sqrt(Dtype(3) / n), in float
+    return caffe_random.uniform(stream, int(np.prod(shape)), -scale, scale)
+
+
 def _caffe_unitball(shape, p, stream):
     values = caffe_random.uniform(stream, int(np.prod(shape)), 0, 1).reshape(shape[0], -1)
     sums = np.zeros(len(values), np.float32)
@@ -153,8 +157,7 @@ CAFFES = {
     "uniform": lambda shape, p, stream: caffe_random.uniform(stream, int(np.prod(shape)), p.min, p.max),
     "gaussian": _caffe_gaussian,
     "positive_unitball": _caffe_unitball,
-    "xavier": lambda shape, p, stream: caffe_random.uniform(
-        stream, int(np.prod(shape)), -np.sqrt(F(3) / _caffe_n(shape, p)), np.sqrt(F(3) / _caffe_n(shape, p))),
+    "xavier": _caffe_xavier,
     "msra": lambda shape, p, stream: caffe_random.gaussian(
         stream, int(np.prod(shape)), 0, np.sqrt(F(2) / _caffe_n(shape, p))),
 }

@@ -371,21 +371,9 @@ def make_case(folder, rng, kind):
         data["y"] = rng.standard_normal(other).astype(np.float32)
     elif bottoms == "crop":
         data["y"] = np.zeros([int(rng.integers(1, d + 1)) for d in shape], np.float32)
-    rows = shape[0]
-    if "y" in data and data["y"].shape[0] != rows:  # HDF5Data reads rows of every top together
-        data["y"] = np.resize(data["y"], (rows,) + data["y"].shape[1:])
-    with h5py.File(folder / "in.h5", "w") as f:
-        for name, value in data.items():
-            f[name] = value
-    (folder / "list.txt").write_text("in.h5\n")
-    tops = " ".join(f'top: "{n}"' for n in data)
-    bottom = " ".join(f'bottom: "{n}"' for n in data)
-    layer = layer.replace("type:", bottom + ' top: "out" type:', 1)
-    text = (f'name: "diff"\nlayer {{ name: "in" type: "HDF5Data" {tops} '
-            f'hdf5_data_param {{ source: "list.txt" batch_size: {rows} }} }}\n'
-            f'layer {{ name: "l" {layer} }}\n')
-    (folder / "net.prototxt").write_text(text)
-    return folder / "net.prototxt"
+    if "y" in data and data["y"].shape[0] != shape[0]:  # HDF5Data reads rows of every top together
+        data["y"] = np.resize(data["y"], (shape[0],) + data["y"].shape[1:])
+    return _write(folder, layer, data, ["out"])
 
 
 def _randomize_statistics(net):

@@ -85,8 +85,8 @@ class Draws:
 
 @dataclass(frozen=True)
 class Augment:
-    """Caffe's random choices for batch ``k``. With ``caffe_seed`` (a TRAIN net's first data
-    layers under a solver random_seed) they are Caffe's own: its DataTransformer draws
+    """Caffe's random choices for batch ``k``. With ``caffe_seed`` (a data layer in a net
+    under a random seed, while its draws are still Caffe's) they are Caffe's own: its DataTransformer draws
     ``Rand(n) = mt19937() % n`` from an mt19937 seeded with ``caffe_seed``, per image a
     mirror flag (when ``mirror``) then the crop's row and column offsets (when cropping at
     random), image after image; batch k starts at image k * batch_size of that stream.
@@ -117,7 +117,9 @@ class Augment:
         per_image = int(self.mirror) + 2 * random_crop
         if not per_image:
             return np.zeros(n, bool), (room - 1) // 2
-        stream = _STREAMS.setdefault(self.caffe_seed, caffe_random.Stream(self.caffe_seed))
+        stream = _STREAMS.get(self.caffe_seed)
+        if stream is None:
+            stream = _STREAMS[self.caffe_seed] = caffe_random.Stream(self.caffe_seed)
         raw = stream.raw(k * n * per_image, n * per_image).reshape(n, per_image)
         flips = raw[:, 0] % 2 == 1 if self.mirror else np.zeros(n, bool)
         offsets = raw[:, -2:] % room.astype(np.uint64) if random_crop else (room - 1) // 2

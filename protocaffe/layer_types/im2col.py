@@ -2,8 +2,8 @@
 import torch.nn.functional as F
 
 from protocaffe.layer_types.base import Layer, canonical_axis, register
-from protocaffe.layer_types.vision import _conv_dims
-from protocaffe.shapes import conv_out, conv_overhang
+from protocaffe.layer_types.vision import _conv_dims, _pad_overhang
+from protocaffe.shapes import conv_out
 
 
 @register
@@ -43,8 +43,5 @@ class Im2col(Layer):
 
     def forward(self, x):
         out = self._out(*x.shape[2:])
-        extra = [conv_overhang(s, k, pd, d) for s, k, pd, d in zip(x.shape[2:], self.kernel, self.pad, self.dilation)]
-        if any(extra):  # a window larger than the padded input reads zeros past the end, as Caffe's
-            x = F.pad(x, (0, extra[1], 0, extra[0]))
-        cols = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
+        cols = F.unfold(_pad_overhang(self, x), self.kernel, self.dilation, self.pad, self.stride)
         return cols.reshape(x.shape[0], cols.shape[1], *out)

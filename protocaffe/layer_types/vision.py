@@ -87,6 +87,18 @@ class _ConvBase(Layer):
         return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 
+def _overhang(layer, sizes):
+    """Per spatial axis, the zeros past the end that a window larger than the padded input
+    reads (Caffe's im2col reads zeros there); 0 where the window fits."""
+    return tuple(conv_overhang(s, k, pd, d) for s, k, pd, d in zip(sizes, layer.kernel, layer.pad, layer.dilation))
+
+
+def _pad_overhang(layer, x):
+    """``x`` (N, C, spatial...) with those zeros appended, for Convolution and Im2col."""
+    extra = _overhang(layer, x.shape[2:])
+    return F.pad(x, [v for e in reversed(extra) for v in (0, e)]) if any(extra) else x
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -109,12 +121,10 @@ class Convolution(_ConvBase):
 
     def overhang(self, *sizes):
         """Zeros past the end of each spatial axis for a window larger than the padded input."""
-        return tuple(conv_overhang(s, k, pd, d) for s, k, pd, d in zip(sizes, self.kernel, self.pad, self.dilation))
+        return _overhang(self, sizes)
 
     def convolve(self, x):
-        extra = self.overhang(*x.shape[2:])
-        if any(extra):
-            x = F.pad(x, [v for e in reversed(extra) for v in (0, e)])
+        x = _pad_overhang(self, x)
         return _CONV[len(self.kernel)](x, self.weight, self.bias, self.stride, self.pad, self.dilation,
                                        self.group)
 

@@ -41,10 +41,6 @@ def set_multiprocess(on):
     _MULTIPROCESS["on"] = bool(on)
 
 
-def multiprocess():
-    return _MULTIPROCESS["on"]
-
-
 class NCCL:
     """One solver of ``solver_count()``: ``bcast()``, and as a solver callback, gradients
     averaged over the ranks (summed, divided by the count, as Caffe's NCCL class)."""
