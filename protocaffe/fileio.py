@@ -9,8 +9,8 @@ import secrets
 
 import numpy as np
 from google.protobuf import message as _message
-from google.protobuf import text_format
 
+from protocaffe import schema
 from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
 
@@ -29,19 +29,11 @@ def _read_bytes(path):
 
 
 def parse_text(text, message_type, path="<string>"):
-    """Parse protobuf text format into a new ``message_type``; errors name path:line:col."""
-    msg = message_type()
-    try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as e:
-        line, col = e.GetLine(), e.GetColumn()
-        detail = str(e)
-        prefix = f"{line}:{col} : "
-        if detail.startswith(prefix):
-            detail = detail[len(prefix):]
-        where = f"{path}:{line}:{col}" if line is not None else path
-        raise CaffeError(f"{where}: {detail}") from None
-    return msg
+    """Parse protobuf text format into a new ``message_type``; errors name path:line:col.
+
+    Fork and plugin fields (extensions) may appear by their bare names, as forks write them.
+    """
+    return schema.parse_text(text, message_type, path)
 
 
 def read_text(path, message_type):
@@ -56,14 +48,17 @@ def read_text(path, message_type):
 
 def read_binary(path, message_type):
     """Read a binary proto (.caffemodel, .solverstate, .binaryproto) of any size."""
-    data = _read_bytes(path)
+    return parse_binary(_read_bytes(path), message_type, os.fspath(path))
+
+
+def parse_binary(data, message_type, path="<bytes>"):
+    """Parse the wire format into a new ``message_type``; errors name ``path`` and the type."""
     msg = message_type()
     try:
         msg.ParseFromString(data)
     except _message.DecodeError as e:
         raise CaffeError(
-            f"{os.fspath(path)}: not a valid binary {message_type.DESCRIPTOR.name} "
-            f"({len(data)} bytes; {e})") from None
+            f"{path}: not a valid binary {message_type.DESCRIPTOR.name} ({len(data)} bytes; {e})") from None
     return msg
 
 
@@ -97,7 +92,7 @@ def _atomic_write(path, data):
 
 def write_text(msg, path):
     """Write ``msg`` in protobuf text format, as Caffe's WriteProtoToTextFile."""
-    _atomic_write(path, text_format.MessageToString(msg).encode("utf-8"))
+    _atomic_write(path, schema.to_text(msg).encode("utf-8"))
 
 
 def write_binary(msg, path):

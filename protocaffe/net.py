@@ -1,6 +1,7 @@
 """From a prototxt net to a running ``torch.nn.Module``, in visible steps.
 
-    param = read_net_param(path)            # parse the text; upgrade V0/V1 and old fields
+    param = read_net_param(path)            # parse the text (forks' fields by name), name the fork's
+                                            # dialect and convert its meanings, upgrade V0/V1
     param = filter_net(param, state)        # keep the layers whose include/exclude rules match
     net   = CaffeNet(param)                 # infer shapes and build one module per layer
     blobs = net(data=x)                     # run the plan; every blob by name
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protocaffe import caffe_random, fileio, netlog
+from protocaffe import caffe_random, dialects, fileio, netlog, plugins
 from protocaffe.errors import CaffeError
 from protocaffe.data import hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.layer_types import BuildContext, layer_class
@@ -28,13 +29,18 @@ from protocaffe.upgrade import upgrade_net
 # ---- 1. parse and upgrade ----------------------------------------------------
 
 def read_net_param(path):
-    """Read a net prototxt and bring it to the current format, as Caffe's ReadNetParamsFromTextFileOrDie."""
-    return upgrade_net(fileio.read_text(path, caffe_pb2.NetParameter), os.fspath(path))
+    """Read a net prototxt and bring it to the current format, as Caffe's ReadNetParamsFromTextFileOrDie;
+    a fork's file is recognised and named in the log (protocaffe.dialects)."""
+    plugins.load()
+    param = fileio.read_text(path, caffe_pb2.NetParameter)
+    return upgrade_net(dialects.recognise(param, os.fspath(path)), os.fspath(path))
 
 
-def read_weights_param(path):
-    """Read a binary .caffemodel (any version) and upgrade it, as ReadNetParamsFromBinaryFileOrDie."""
-    return upgrade_net(fileio.read_binary(path, caffe_pb2.NetParameter), os.fspath(path))
+def read_weights_param(path, dialect=None):
+    """Read a binary .caffemodel (any version) and upgrade it, as ReadNetParamsFromBinaryFileOrDie;
+    ``dialect`` names the fork whose colliding field numbers the file uses, if any."""
+    plugins.load()
+    return upgrade_net(dialects.read_binary(path, caffe_pb2.NetParameter, dialect), os.fspath(path))
 
 
 # ---- 2. filter by NetState ---------------------------------------------------
@@ -197,6 +203,7 @@ class CaffeNet(nn.Module):
         self.blob_shapes = {}
         self.input_names = []
         self.learnable = []
+        plugins.load()
         self._build()
         _mark_backward(self.plan, self.param.force_backward)
         self.output_names = self._outputs()

@@ -122,6 +122,15 @@ def test_shipped_descriptor_is_the_protos(tmp_path):
     assert fds.file[0].SerializeToString() == _shipped_serialized_descriptor()
 
 
-def test_shipped_module_is_generated_from_the_proto(tmp_path):
-    _protoc(f"--python_out={tmp_path}")
-    assert (tmp_path / "caffe_pb2.py").read_text() == (ROOT / "protocaffe" / "proto" / "caffe_pb2.py").read_text()
+def test_shipped_modules_are_generated_from_the_protos(tmp_path):
+    """caffe_pb2 and every fork's module are tools/gen_proto.py's output for proto/."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gen_proto
+    finally:
+        sys.path.pop(0)
+    written = gen_proto.generate(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in written][:2] == ["caffe_pb2.py", "forks/ssd_pb2.py"]
+    for path in written:
+        shipped = ROOT / "protocaffe" / "proto" / path.relative_to(tmp_path)
+        assert path.read_text() == shipped.read_text(), shipped

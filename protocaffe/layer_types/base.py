@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from protocaffe import schema
 from protocaffe.errors import CaffeError, did_you_mean
 from protocaffe.proto import caffe_pb2
 
@@ -41,7 +42,8 @@ def layer_class(layer_param):
         known = ", ".join(sorted(LAYERS))
         raise CaffeError(
             f"layer '{layer_param.name}' has type '{layer_param.type}', which protocaffe does not "
-            f"support{did_you_mean(layer_param.type, LAYERS)}; supported types: {known}")
+            f"support{did_you_mean(layer_param.type, LAYERS)}; supported types: {known}. "
+            f"A plugin can add it (see protocaffe.plugins)")
     return cls
 
 
@@ -121,6 +123,11 @@ class Layer(nn.Module):
         raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------
+
+    def layer_param(self, name):
+        """This layer's typed sub-message ``name`` (``"pooling_param"``, or a fork's or plugin's
+        extension such as ``"prior_box_param"``), with caffe.proto's defaults where unset."""
+        return schema.get(self.param, name)
 
     def error(self, message):
         """A CaffeError naming this layer and its type."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from google.protobuf import unknown_fields
 
-from protocaffe import fileio
+from protocaffe import dialects, fileio
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
 from protocaffe import caffe_random
@@ -33,8 +33,10 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
 def read_solver_param(path):
-    """Read a solver prototxt, upgrade it (solver_type -> type) and check its lr policy's fields."""
-    param = upgrade_solver(fileio.read_text(path, caffe_pb2.SolverParameter), os.fspath(path))
+    """Read a solver prototxt (a fork's fields by name, its dialect named in the log), upgrade it
+    (solver_type -> type) and check its lr policy's fields."""
+    param = fileio.read_text(path, caffe_pb2.SolverParameter)
+    param = upgrade_solver(dialects.recognise(param, os.fspath(path)), os.fspath(path))
     check_policy(param, os.fspath(path))
     return param
 

@@ -1,0 +1,121 @@
+"""Caffe's forks as dialects of one language, recognised once, where files are read.
+
+A fork (SSD, DenseNet-Caffe, SegNet, ...) added fields to Caffe's messages and layer types
+to its factory. Here each fork is one module in this package holding its facts: the
+``.proto`` file with its fields (``proto/forks/<fork>.proto``, extensions at the fork's own
+numbers), the layer types only it has, how its files are recognised, where its numbers or
+meanings collide with BVLC Caffe's and how those are brought to BVLC's meaning. Like
+Caffe's own format upgrades (protocaffe.upgrade), a dialect is applied at the edge:
+
+    param = fileio.read_text(path, caffe_pb2.NetParameter)   # forks' fields by name
+    param = dialects.recognise(param, path)                  # name the fork, convert its meanings
+
+and everything after sees one net description. Binary files of a fork whose numbers collide
+with BVLC's are renumbered before they are parsed (``read_binary(..., dialect=...)``).
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+
+from protocaffe import fileio
+from protocaffe.dialects import wire
+from protocaffe.errors import CaffeError, did_you_mean
+
+log = logging.getLogger("protocaffe")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One fork of Caffe as a dialect.
+
+    ``key`` names it on the command line (``--dialect ssd``); ``name`` in the log.
+    ``proto_files`` are the schema files of its fields (their extensions mark its files);
+    ``layer_types`` the types only it defines; ``moves`` the binary renumbering of its
+    colliding fields ({message full name: {(fork number, wire type): protocaffe's number}});
+    ``convert(param, source)`` turns what the fork means differently into BVLC's fields
+    and returns the message (the default keeps it as it is).
+    """
+    key: str
+    name: str
+    proto_files: tuple = ()
+    layer_types: frozenset = frozenset()
+    moves: dict = field(default_factory=dict)
+    convert: object = None
+
+
+DIALECTS = {}
+"""key -> Dialect, in registration order."""
+
+
+def register(dialect):
+    if dialect.key in DIALECTS:
+        raise ValueError(f"dialect {dialect.key!r} registered twice")
+    DIALECTS[dialect.key] = dialect
+    return dialect
+
+
+def by_key(key):
+    """The dialect named ``key`` (as ``--dialect`` takes it), or a CaffeError listing the known ones."""
+    if key not in DIALECTS:
+        raise CaffeError(f"unknown dialect '{key}'{did_you_mean(key, DIALECTS)}; "
+                         f"known: {', '.join(DIALECTS)}")
+    return DIALECTS[key]
+
+
+def _marks(message, found):
+    """Collect (proto file, bare field name) of every extension set anywhere in ``message``."""
+    for f, value in message.ListFields():
+        if f.is_extension:
+            found.add((f.file.name, f.name))
+        if f.message_type is not None:
+            for item in (value if f.is_repeated else (value,)):
+                _marks(item, found)
+    return found
+
+
+def _layer_types(message):
+    layers = getattr(message, "layer", None)
+    return {layer.type for layer in layers} if layers is not None else set()
+
+
+def find(message):
+    """[(dialect, evidence)] for every dialect ``message`` is written in; evidence names the
+    fork's fields and layer types found."""
+    fields = _marks(message, set())
+    types = _layer_types(message)
+    found = []
+    for dialect in DIALECTS.values():
+        evidence = sorted({name for file, name in fields if file in dialect.proto_files})
+        evidence += [f"type {t}" for t in sorted(types & dialect.layer_types)]
+        if evidence:
+            found.append((dialect, evidence))
+    return found
+
+
+def recognise(message, source):
+    """Name in the log each fork ``message`` (a NetParameter or SolverParameter read from
+    ``source``) is written in, and bring the fork's meanings to BVLC's; returns the message."""
+    for dialect, evidence in find(message):
+        shown = ", ".join(evidence[:4]) + (", ..." if len(evidence) > 4 else "")
+        log.info("Reading %s as %s (%s)", source, dialect.name, shown)
+        if dialect.convert is not None:
+            message = dialect.convert(message, source)
+    return message
+
+
+def read_binary(path, message_type, dialect=None):
+    """A binary proto file; with ``dialect`` (a key), the fork's colliding numbers are first
+    moved to protocaffe's, then the file is recognised as any other."""
+    if dialect is None:
+        return recognise(fileio.read_binary(path, message_type), os.fspath(path))
+    d = by_key(dialect)
+    data = fileio._read_bytes(path)
+    if d.moves:
+        try:
+            data = wire.renumber(data, message_type.DESCRIPTOR, d.moves)
+        except CaffeError as e:
+            raise CaffeError(f"{os.fspath(path)}: not a valid binary {message_type.DESCRIPTOR.name} ({e})") from None
+    return recognise(fileio.parse_binary(data, message_type, os.fspath(path)), os.fspath(path))
+
+
+from protocaffe.dialects import ssd  # noqa: E402,F401 (registers the fork dialects)
