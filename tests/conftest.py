@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -36,3 +37,13 @@ def assert_close(actual, expected, rtol=1e-4, atol=1e-5, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
     scale = max(1.0, float(np.abs(expected).max()) if expected.size else 1.0)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+@pytest.fixture
+def logged(caplog):
+    """caplog that also sees the protocaffe logger once a command has stopped its propagation."""
+    logger = logging.getLogger("protocaffe")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, "protocaffe")
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -36,16 +36,6 @@ def data_net(source, transform="", phase=caffe_pb2.TEST, batch=8, extra="backend
     return net
 
 
-@pytest.fixture
-def logged(caplog):
-    """caplog that also sees the protocaffe logger once a command has stopped its propagation."""
-    logger = logging.getLogger("protocaffe")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, "protocaffe")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def data_layer(net):
     return net.layer_by_name()["data"]
 

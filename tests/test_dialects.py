@@ -1,7 +1,5 @@
 """Forks' files: their fields read by bare name at the fork's numbers, the dialect named in the
 log, colliding numbers moved on reading a fork's binary file, BVLC files unchanged."""
-import logging
-
 import pytest
 
 from conftest import GOLDEN
@@ -51,12 +49,11 @@ def test_deep_nesting_is_one_line(tmp_path):
         fileio.read_text(path, caffe_pb2.NetParameter)
 
 
-def test_dialect_named_in_the_log_for_ssd_files_only(caplog):
-    with caplog.at_level(logging.INFO, logger="protocaffe"):
-        read_net_param(SSD_RUN / "train.prototxt")
-        read_solver_param(SSD_RUN / "solver.prototxt")
-        read_net_param(GOLDEN / "nets" / "slim_caffenet_deploy.prototxt")
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Reading ")]
+def test_dialect_named_in_the_log_for_ssd_files_only(logged):
+    read_net_param(SSD_RUN / "train.prototxt")
+    read_solver_param(SSD_RUN / "solver.prototxt")
+    read_net_param(GOLDEN / "nets" / "slim_caffenet_deploy.prototxt")
+    lines = [r.getMessage() for r in logged.records if r.getMessage().startswith("Reading ")]
     assert len(lines) == 2
     assert lines[0].startswith(f"Reading {SSD_RUN / 'train.prototxt'} as SSD (weiliu89/caffe) (")
     assert "prior_box_param" in lines[0] and "multibox_loss_param" in lines[0]
