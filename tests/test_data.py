@@ -1,5 +1,4 @@
 """The Data layer against Caffe's Data-layer batches; its augmentation, position, PCA noise and errors."""
-import logging
 
 import lmdb
 import numpy as np
