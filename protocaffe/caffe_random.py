@@ -86,15 +86,23 @@ def uniform(stream, n, low, high):
     """``caffe_rng_uniform(n, low, high)``: float32 values in [low, high]. Boost's
     uniform_real over [low, nextafter(high)) turns each output into one value and skips an
     output whose value rounds up to that bound, so the values are the accepted ones in order."""
-    low, top = F(low), np.nextafter(F(high), F(np.inf))
-    span, divisor = F(top - low), F(F(4294967295.0) + F(1.0))
     parts, missing = [], n
     while missing:
-        values = (stream.next(missing).astype(np.float32) / divisor * span + low).astype(np.float32)
-        values = values[values < top]
-        parts.append(values)
-        missing -= len(values)
+        values, accepted = uniform_values(stream.next(missing), low, high)
+        parts.append(values[accepted])
+        missing -= int(accepted.sum())
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def uniform_values(raw, low, high):
+    """The values Boost's uniform_real over [low, nextafter(high)) makes of the outputs ``raw``
+    (``low`` and ``high`` may be arrays, one bound per output), and whether each is accepted
+    (an output whose value rounds up to the open bound is skipped and the next one taken)."""
+    low = np.asarray(low, np.float32)
+    top = np.nextafter(np.asarray(high, np.float32), F(np.inf))
+    span, divisor = (top - low).astype(np.float32), F(F(4294967295.0) + F(1.0))
+    values = (np.asarray(raw).astype(np.float32) / divisor * span + low).astype(np.float32)
+    return values, values < top
 
 
 def bernoulli(stream, n, p, dtype=np.float64):
@@ -332,5 +340,49 @@ def shuffle(values, stream):
                     break
             done += 1
     for i, j in zip(range(n - 1, 0, -1), picks.tolist()):
+        values[i], values[j] = values[j], values[i]
+    return values
+
+
+# ---- the C library's rand() (std::random_shuffle) -------------------------------------------
+
+class GlibcRand:
+    """glibc's ``rand()`` after ``srand(seed)`` (a process that never calls srand draws as
+    after srand(1)): the additive generator of random(3) in its default TYPE_3 state, 31 words
+    from a Lehmer sequence, 310 outputs discarded, then word f += word r (mod 2^32) with the
+    two indices three apart walking round the state, each output that word shifted right by one.
+    ``std::random_shuffle`` (libstdc++) draws from it."""
+
+    DEGREE, SEPARATION = 31, 3
+
+    def __init__(self, seed=1):
+        word = int(seed) & 0xFFFFFFFF or 1
+        if word >= 2**31:
+            raise ValueError("seeds from 2^31 up wrap to negative words in glibc; use a smaller seed")
+        state = [word]
+        for _ in range(1, self.DEGREE):
+            hi, lo = divmod(word, 127773)
+            word = 16807 * lo - 2836 * hi
+            if word < 0:
+                word += 2147483647
+            state.append(word)
+        self.state, self.front, self.rear = state, self.SEPARATION, 0
+        for _ in range(10 * self.DEGREE):
+            self.next()
+
+    def next(self):
+        """The next ``rand()``."""
+        state, f, r = self.state, self.front, self.rear
+        state[f] = (state[f] + state[r]) & 0xFFFFFFFF
+        value = state[f] >> 1
+        self.front, self.rear = (f + 1) % self.DEGREE, (r + 1) % self.DEGREE
+        return value
+
+
+def random_shuffle(values, crand):
+    """``std::random_shuffle(begin, end)`` of libstdc++ in place: for i = 1 .. n - 1, swap item
+    i with item ``rand() % (i + 1)``, drawing from ``crand`` (a :class:`GlibcRand`)."""
+    for i in range(1, len(values)):
+        j = crand.next() % (i + 1)
         values[i], values[j] = values[j], values[i]
     return values

@@ -121,12 +121,14 @@ class LmdbReader:
 
     def batch(self, k):
         """(list of (C, H, W) arrays, float32 labels) for batch ``k``."""
-        rank, shards = self.shard
-        items = []
-        for j in range(self.batch_size):
-            record = self._read((self.start + (k * self.batch_size + j) * shards + rank) % self.count)
-            items.append(decode_datum(record, self.path, self.force_color, self.force_gray))
+        items = [decode_datum(record, self.path, self.force_color, self.force_gray) for record in self.records(k)]
         return [a for a, _ in items], np.array([label for _, label in items], np.float32)
+
+    def records(self, k):
+        """The serialized records of batch ``k``, in order."""
+        rank, shards = self.shard
+        return [self._read((self.start + (k * self.batch_size + j) * shards + rank) % self.count)
+                for j in range(self.batch_size)]
 
     def _read(self, position):
         if self._cursor is None or self._pid != os.getpid():

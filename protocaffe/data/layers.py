@@ -46,21 +46,22 @@ class _PrefetchingLayer(Layer):
     num_bottoms = 0
     num_tops = (1, 2)
 
-    def _caffe_draws(self, setup_draws=0):
+    def _caffe_draws(self, setup_draws=0, reader_draws=0):
         """Take this layer's values from Caffe's global stream (when it is still Caffe's) in
-        the order Caffe's setup takes them: InitRand's value (when the transformer draws at
-        all), ``setup_draws`` values (ImageData's shuffle seed and skip), a second InitRand's
+        the order Caffe's setup takes them: ``reader_draws`` values (the SSD fork's DataReader
+        starts a thread when the layer is made), InitRand's value (when the transformer draws
+        at all), ``setup_draws`` values (ImageData's shuffle seed and skip), a second InitRand's
         (BasePrefetchingDataLayer calls it again: that seed is the one used), and the
         prefetch thread's seed (base_data_layer.cpp, image_data_layer.cpp; checked against
         `caffe train` logs, tests/data/caffe_data_draws). Returns (the transformer's seed or
-        None, [the setup values]), or None without Caffe's stream."""
+        None, [the setup values], the prefetch thread's seed), or None without Caffe's stream."""
         stream = self.ctx.caffes()
         if stream is None:
             return None
         tp = self.param.transform_param
         draws = bool(tp.mirror or (self.phase == caffe_pb2.TRAIN and tp.crop_size))
-        values = [int(v) for v in stream.next(2 * draws + setup_draws + 1)]
-        return (values[draws + setup_draws] if draws else None), values[draws:draws + setup_draws]
+        values = [int(v) for v in stream.next(reader_draws + 2 * draws + setup_draws + 1)][reader_draws:]
+        return (values[draws + setup_draws] if draws else None), values[draws:draws + setup_draws], values[-1]
 
     def _setup_pipeline(self, reader, first, batch_size, source, seed, caffe_seed=None):
         tp = self.param.transform_param
@@ -72,9 +73,13 @@ class _PrefetchingLayer(Layer):
         train = self.phase == caffe_pb2.TRAIN
         pca = self._pca(tp, first.shape[0]) if train and tp.pca_file else None
         augment = transform.Augment(tp.crop_size, tp.mirror, train, seed, pca, caffe_seed)
-        self.pipeline = Pipeline(reader, source, batch_size, out_shape, first.dtype, mean,
-                                 np.float32(tp.scale), augment)
-        self.register_buffer("mean", torch.from_numpy(mean), persistent=False)
+        self._use_pipeline(Pipeline(reader, source, batch_size, out_shape, first.dtype, mean,
+                                    np.float32(tp.scale), augment))
+
+    def _use_pipeline(self, pipeline):
+        """Serve batches from ``pipeline`` (its ``fill(k, out, raw)`` makes batch k), from the first."""
+        self.pipeline = pipeline
+        self.register_buffer("mean", torch.from_numpy(pipeline.mean), persistent=False)
         self.workers = default_workers()
         #: None: normalize on the device unless it is the CPU; True/False force it (tests, benchmarks)
         self.device_transform = None
