@@ -32,21 +32,24 @@ def _extension(path):
     return path.rpartition(".")[2].lower() if "." in path else path.lower()
 
 
-def image_to_datum(img, path, label, resize_asked, is_color, encoding):
+def image_to_datum(img, path, label, resize_asked, is_color, encoding, sized=False):
     """An image read from ``path`` as a Datum, as Caffe's ReadImageToDatum: raw (C, H, W) bytes,
     or with an ``encoding`` the file's own bytes when they already are that format and the
-    image was not to be resized, else the image re-encoded."""
+    image was not to be resized, else the image re-encoded. ``sized``: the SSD fork's version,
+    which records channels, height and width of an encoded image in every case (BVLC's leaves
+    them out of a file kept as is)."""
     if not encoding:
         return array_to_datum(img.transpose(2, 0, 1), label)
     ext = _extension(path)
+    size = dict(zip(("height", "width", "channels"), img.shape)) if sized else {}
     if (img.shape[2] == 3) == is_color and not resize_asked and (
             ext == encoding or (encoding == "jpg" and ext == "jpeg")):
         with open(path, "rb") as f:
-            return caffe_pb2.Datum(data=f.read(), label=label, encoded=True)
+            return caffe_pb2.Datum(data=f.read(), label=label, encoded=True, **size)
     ok, buf = cv2.imencode("." + encoding, img)
     if not ok:
         raise CaffeError(f"{path}: cannot encode the image as '{encoding}'")
-    return caffe_pb2.Datum(data=buf.tobytes(), label=label, encoded=True)
+    return caffe_pb2.Datum(data=buf.tobytes(), label=label, encoded=True, **size)
 
 
 def _flags():
