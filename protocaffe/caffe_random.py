@@ -50,34 +50,43 @@ def mt19937(seed):
 class Stream:
     """The outputs of ``mt19937(seed)``: ``raw(start, count)`` gives outputs start ..
     start + count - 1 (uint64 array), ``next(count)`` the ones after the last read.
-    Reading forward costs only the outputs skipped; reading backward starts again."""
+    Reading forward costs only the outputs skipped; reading backward starts again.
+    Outputs looked at with ``peek`` are kept until read or skipped."""
 
     def __init__(self, seed):
         self.seed = seed
         self.generator, self.position = mt19937(seed), 0
+        self._ahead = np.empty(0, np.uint64)  # outputs drawn from the generator, not yet read
         #: set when a layer whose draws are not replayed (a recurrent net, a Python layer, ...)
         #: took values from Caffe's stream: what follows can no longer be Caffe's
         self.lost = False
 
     def raw(self, start, count):
         if start < self.position:
-            self.generator, self.position = mt19937(self.seed), 0
-        while self.position < start:
-            skip = min(start - self.position, 1 << 24)
-            self.generator.random_raw(skip)
-            self.position += skip
-        self.position += count
-        return self.generator.random_raw(count)
+            self.generator, self.position, self._ahead = mt19937(self.seed), 0, np.empty(0, np.uint64)
+        skip = start - self.position
+        ahead = min(skip, len(self._ahead))
+        self._ahead, skip = self._ahead[ahead:], skip - ahead
+        while skip:
+            step = min(skip, 1 << 24)
+            self.generator.random_raw(step)
+            skip -= step
+        self.position = start + count
+        if count <= len(self._ahead):
+            values, self._ahead = self._ahead[:count], self._ahead[count:]
+            return values
+        values = np.concatenate([self._ahead, self.generator.random_raw(count - len(self._ahead))])
+        self._ahead = self._ahead[:0]
+        return values
 
     def next(self, count=1):
         return self.raw(self.position, count)
 
     def peek(self, count):
         """The next ``count`` outputs, without moving on."""
-        state = self.generator.state
-        values = self.generator.random_raw(count)
-        self.generator.state = state
-        return values
+        if len(self._ahead) < count:
+            self._ahead = np.concatenate([self._ahead, self.generator.random_raw(count - len(self._ahead))])
+        return self._ahead[:count]
 
 
 # ---- uniform and bernoulli ---------------------------------------------------------------

@@ -174,7 +174,7 @@ class AnnotatedData(_PrefetchingLayer):
         resized = pixels.resized_size(planner.resize, first.height, first.width) if planner.resize is not None \
             else (first.height, first.width)
         out_shape = (channels,) + tuple(planner.crop_hw if all(planner.crop_hw) else resized)
-        if planner.t_draws() > int(tp.mirror or (train and tp.crop_size)) and self.ctx.caffes() is not None:
+        if planner.t_draws() and not (tp.mirror or (train and tp.crop_size)) and self.ctx.caffes() is not None:
             raise self.error("crop_h/crop_w in TRAIN without mirror or crop_size: the fork's transformer "
                              "has no random generator for the crop then (it aborts)")
         mean = transform.load_mean(self, tp, out_shape)

@@ -81,10 +81,9 @@ def distort(img, steps):
 def expand(img, height, width, top, left, fill):
     """ExpandImage: the image at (top, left) of a ``height`` x ``width`` canvas of ``fill``
     (one value per channel)."""
-    canvas = np.empty((height, width, img.shape[2]), np.uint8)
-    canvas[:] = np.asarray(fill, np.uint8)
-    canvas[top:top + img.shape[0], left:left + img.shape[1]] = img
-    return canvas
+    bottom, right = height - top - img.shape[0], width - left - img.shape[1]
+    value = [int(v) for v in np.broadcast_to(fill, (img.shape[2],))]
+    return hwc(cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value))
 
 
 def crop_window(box, height, width):

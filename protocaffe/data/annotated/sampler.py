@@ -7,17 +7,19 @@ once it has ``max_sample`` good ones. A trial draws, from Caffe's stream, a scal
 [scale^2, 1 / scale^2], then the box's left and top edges; the box is kept when some object
 passes the constraint. As in the fork only the first kind of constraint that is set counts
 (jaccard overlap, else sample coverage, else object coverage): the fork's loop skips the later
-kinds once the first has passed. Trials are computed a block at a time from the stream's outputs.
+kinds once the first has passed.
 """
 import numpy as np
 
-from protocaffe import caffe_random
 from protocaffe.data.annotated import boxes as bbox
 from protocaffe.errors import CaffeError
 
 F = np.float32
+ZERO, ONE, INF = F(0), F(1), F(np.inf)
+DIVISOR = F(F(4294967295.0) + F(1.0))
+"""Boost's uniform_real divides an mt19937 output by this (2^32 in float32)."""
 BLOCK = 16
-"""Trials computed at once (a sampler usually finds its box in a few)."""
+"""The most trials made before checking them (a sampler usually finds its box in a few)."""
 
 
 def check(batch_sampler):
@@ -29,24 +31,6 @@ def check(batch_sampler):
     if not (0 < s.min_aspect_ratio <= s.max_aspect_ratio < np.finfo(np.float32).max):
         raise CaffeError(f"a batch_sampler needs 0 < min_aspect_ratio <= max_aspect_ratio, found "
                          f"{s.min_aspect_ratio} and {s.max_aspect_ratio}")
-
-
-def _trials(sampler, raw):
-    """Boxes (T, 4) of the trials whose four draws are the outputs ``raw`` (T, 4), and for each
-    output whether Boost accepts it (an output whose value rounds up to the open bound is skipped)."""
-    scale, ok_scale = caffe_random.uniform_values(raw[:, 0], sampler.min_scale, sampler.max_scale)
-    aspect, ok_aspect = caffe_random.uniform_values(raw[:, 1], sampler.min_aspect_ratio, sampler.max_aspect_ratio)
-    square = scale.astype(np.float64) ** 2
-    aspect = np.maximum(aspect, square.astype(np.float32))
-    aspect = np.minimum(aspect, (1 / square).astype(np.float32))
-    root = np.sqrt(aspect).astype(np.float32)
-    width, height = (scale * root).astype(np.float32), (scale / root).astype(np.float32)
-    # where the fork aborts (a box a float step wider than the image: "Check failed: a <= b"),
-    # the edge is drawn in [0, 0]
-    left, ok_left = caffe_random.uniform_values(raw[:, 2], F(0), np.maximum(F(1) - width, F(0)))
-    top, ok_top = caffe_random.uniform_values(raw[:, 3], F(0), np.maximum(F(1) - height, F(0)))
-    boxes = np.stack([left, top, (left + width).astype(np.float32), (top + height).astype(np.float32)], axis=1)
-    return boxes, np.stack([ok_scale, ok_aspect, ok_left, ok_top], axis=1)
 
 
 def _satisfied(boxes, objects, sizes, constraint):
@@ -75,35 +59,76 @@ def _satisfied(boxes, objects, sizes, constraint):
 
 def generate(stream, batch_sampler, objects, sizes):
     """GenerateSamples over the whole image: the good boxes (K, 4) of one batch_sampler, drawing
-    from ``stream`` (a caffe_random.Stream) exactly what the fork draws."""
+    from ``stream`` (a caffe_random.Stream) exactly what the fork draws. Trials are made a chunk
+    at a time (4, 8, then 16) and checked against the objects together; the stream then moves to
+    the end of the last trial the fork would have made."""
     limit = batch_sampler.max_sample if batch_sampler.HasField("max_sample") else None
-    found, left = [], batch_sampler.max_trials
+    s = batch_sampler.sampler
+    bounds = tuple(F(v) for v in (s.min_scale, s.max_scale, s.min_aspect_ratio, s.max_aspect_ratio))
+    found, left, chunk = [], batch_sampler.max_trials, 4
     while left > 0 and (limit is None or len(found) < limit):
-        count = min(left, BLOCK)
-        boxes, used_outputs = _block(stream, batch_sampler.sampler, count)
+        boxes, ends = _trials(stream, bounds, min(left, chunk))
         good = _satisfied(boxes, objects, sizes, batch_sampler.sample_constraint)
-        used = count
+        used = len(boxes)
         if limit is not None:
             hits = np.flatnonzero(good)
             if len(found) + len(hits) >= limit:
                 used = int(hits[limit - len(found) - 1]) + 1
         found.extend(boxes[:used][good[:used]])
-        stream.raw(stream.position + int(used_outputs[4 * used - 1]) + 1, 0)
+        stream.raw(stream.position + ends[used - 1], 0)
         left -= used
+        chunk = min(2 * chunk, BLOCK)
     return np.array(found, np.float32).reshape(-1, 4)
 
 
-def _block(stream, sampler, count):
-    """``count`` trials from the stream's next outputs, without moving it: (boxes (count, 4),
-    the offset of the output each draw took, (4 * count,)). A rejected output is dropped and the
-    draws after it move on by one."""
-    pool = stream.peek(4 * count + 4)
-    taken = np.arange(4 * count)
+def _trials(stream, bounds, count):
+    """``count`` trials from the stream's next outputs, without moving it: (boxes (count, 4), for
+    each trial the number of outputs read up to its end)."""
+    size = 4 * count + 8
     while True:
-        boxes, accepted = _trials(sampler, pool[taken].reshape(count, 4))
-        rejected = np.flatnonzero(~accepted.reshape(-1))
-        if not len(rejected):
-            return boxes, taken
-        taken = np.concatenate([np.delete(taken, rejected[0]), [taken[-1] + 1]])
-        if taken[-1] >= len(pool):
-            pool = stream.peek(2 * len(pool))
+        raw = stream.peek(size)
+        units = list((raw.astype(np.float32) / DIVISOR).astype(np.float32))
+        try:
+            return _walk(units, bounds, count)
+        except IndexError:  # outputs skipped ran past what was looked at
+            size *= 2
+
+
+def _walk(units, bounds, count):
+    """SampleBBox ``count`` times over Boost's unit values ``units`` (each output / 2^32 in float32),
+    in float32 as the fork computes: a draw in [low, high] is ``unit * (top - low) + low`` with
+    top = nextafter(high), an output whose value reaches top skipped; the aspect ratio clamped
+    to [scale^2, 1 / scale^2] (computed in double); width scale * sqrt(ratio), height
+    scale / sqrt(ratio); then the left and top edges in [0, 1 - width] and [0, 1 - height]
+    (where the fork aborts on a box a float step wider than the image, [0, 0])."""
+    min_scale, max_scale, min_ratio, max_ratio = bounds
+    scale_top, ratio_top = np.nextafter(max_scale, INF), np.nextafter(max_ratio, INF)
+    scale_span, ratio_span = scale_top - min_scale, ratio_top - min_ratio
+    boxes, ends, at = [], [], 0
+    for _ in range(count):
+        while True:
+            scale = units[at] * scale_span + min_scale
+            at += 1
+            if scale < scale_top:
+                break
+        while True:
+            ratio = units[at] * ratio_span + min_ratio
+            at += 1
+            if ratio < ratio_top:
+                break
+        square = float(scale) * float(scale)
+        ratio = min(max(ratio, F(square)), F(1 / square))
+        root = np.sqrt(ratio)
+        width, height = scale * root, scale / root
+        corner = []
+        for extent in (width, height):
+            top = np.nextafter(max(ONE - extent, ZERO), INF)
+            while True:
+                value = units[at] * top
+                at += 1
+                if value < top:
+                    break
+            corner.append(value)
+        boxes.append((corner[0], corner[1], corner[0] + width, corner[1] + height))
+        ends.append(at)
+    return np.array(boxes, np.float32), ends
