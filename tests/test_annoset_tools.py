@@ -67,13 +67,14 @@ def test_json_and_text_annotations(tmp_path):
     (tmp_path / "list.txt").write_text("a.png a.json\n")
     (tmp_path / "list_txt.txt").write_text("a.png a.txt\n")
     for label_type, listing, expected in (
-            ("json", "list.txt", [(1, 0, 0.1, 0.1, 48.5 / 80, 0.5, True), (1, 1, 1.25 / 80, 0.04, 4.25 / 80, 0.12, False),
-                                  (2, 0, 0, 0, 1, 1, False)]),
+            ("json", "list.txt", [(1, 0, 0.1, 0.1, 48.5 / 80, 0.5, True),
+                                  (1, 1, 1.25 / 80, 0.04, 4.25 / 80, 0.12, False), (2, 0, 0, 0, 1, 1, False)]),
             ("txt", "list_txt.txt", [(2, 0, 0.1, 0.1, 48.5 / 80, 0.5, False), (2, 1, 0, 0, 1, 1, False),
                                      (1, 0, 1 / 80, 0.02, 2 / 80, 0.04, False)])):
         out = tmp_path / f"db_{label_type}"
         assert main(["convert_annoset", "--anno_type=detection", f"--label_type={label_type}",
-                     f"--label_map_file={tmp_path}/map.prototxt", f"{tmp_path}/", str(tmp_path / listing), str(out)]) == 0
+                     f"--label_map_file={tmp_path}/map.prototxt", f"{tmp_path}/", str(tmp_path / listing),
+                     str(out)]) == 0
         found = boxes(records(out)[0][1])
         assert [b[:2] + (b[6],) for b in found] == [e[:2] + (e[6],) for e in expected]
         np.testing.assert_array_equal([b[2:6] for b in found], F([e[2:6] for e in expected]))

@@ -315,4 +315,5 @@ def test_glibc_rand_is_the_c_librarys():
         expected = [libc.rand() for _ in range(400)]
         ours = caffe_random.GlibcRand(seed)
         assert [ours.next() for _ in range(400)] == expected
-    assert caffe_random.random_shuffle([0, 1, 2], caffe_random.GlibcRand()) == [0, 2, 1]  # 1804289383 % 2, 846930886 % 3
+    # rand() gives 1804289383 (% 2: item 1 stays), then 846930886 (% 3: items 2 and 1 swap)
+    assert caffe_random.random_shuffle([0, 1, 2], caffe_random.GlibcRand()) == [0, 2, 1]

@@ -12,16 +12,14 @@ with its label (-1 for detection) and, for detection, the annotation type BBOX a
 AnnotationGroup per label. A detection image whose annotation file does not exist gets no
 boxes; an image that cannot be read is logged and skipped.
 """
+import functools
 import os
 import random
 import re
 
-import lmdb
-from tqdm import tqdm
-
 from protocaffe import log as logs
 from protocaffe.data.annotated import annotations
-from protocaffe.data.convert_imageset import COMMIT_EVERY, _remove_db, image_to_datum
+from protocaffe.data.convert_imageset import image_flags, image_to_datum, write_db
 from protocaffe.data.images import read_image
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
@@ -30,23 +28,17 @@ from protocaffe.proto.forks import ssd_pb2
 
 
 def _flags():
-    f = Flags("convert_annoset", __doc__.splitlines()[0],
-              [("root", "the folder the list's paths are relative to, with a trailing '/'"),
-               ("listfile", "pairs of 'image label' or 'image annotation_file'"), ("db", "the LMDB folder to create")])
-    f.flag("gray", False, "read the images as single-channel gray")
-    f.flag("shuffle", False, "write the images in a shuffled order (the keys keep the new order)")
-    f.flag("backend", "lmdb", "the database type; lmdb is the one supported")
+    f = image_flags(Flags("convert_annoset", __doc__.splitlines()[0],
+                          [("root", "the folder the list's paths are relative to, with a trailing '/'"),
+                           ("listfile", "pairs of 'image label' or 'image annotation_file'"),
+                           ("db", "the LMDB folder to create")]))
     f.flag("anno_type", "classification", "the type of annotation: classification or detection")
     f.flag("label_type", "xml", "the annotation file format: xml, json or txt")
     f.flag("label_map_file", "", "a LabelMap (protobuf text) mapping names to labels")
     f.flag("check_label", False, "fail if the label map names a class twice")
     f.flag("min_dim", 0, "scale images so that their shorter side is at least this (keeping the aspect ratio)")
     f.flag("max_dim", 0, "scale images so that their longer side is at most this (keeping the aspect ratio)")
-    f.flag("resize_width", 0, "resize to this width (with --resize_height; 0 keeps the size)")
-    f.flag("resize_height", 0, "resize to this height (with --resize_width; 0 keeps the size)")
     f.flag("check_size", False, "fail unless every Datum's data has the size of the first's pixels")
-    f.flag("encoded", False, "store compressed images instead of raw pixels")
-    f.flag("encode_type", "", "the compression for --encoded: png, jpg, ...; default: each file's own")
     return f
 
 
@@ -86,18 +78,7 @@ def run(argv):
     log.info("A total of %d images.", len(pairs))
     if args.encode_type and not args.encoded:
         log.info("encode_type specified, assuming encoded=true.")
-    if os.path.exists(args.db):
-        raise CaffeError(f"{args.db}: already exists; remove it or choose another name")
-    os.makedirs(args.db)
-    try:
-        count = _write(args, pairs, names)
-    except BaseException:
-        _remove_db(args.db)
-        raise
-    if count == 0:
-        _remove_db(args.db)
-        raise CaffeError(f"none of the {len(pairs)} images could be read from '{args.root}' "
-                         "(the folder is joined to each path as text: does it need a trailing '/'?)")
+    write_db(args.db, pairs, functools.partial(_record, args, names, {}), args.root, "convert_annoset")
     return 0
 
 
@@ -134,32 +115,18 @@ def to_anno_datum(args, image, second, names):
     return anno
 
 
-def _write(args, pairs, names):
-    env = lmdb.open(args.db, map_size=1 << 40, subdir=True)
-    try:
-        pixels, count = None, 0
-        txn = env.begin(write=True)
-        for line_id, (image, second) in enumerate(tqdm(pairs, desc="convert_annoset", unit="img", disable=None)):
-            anno = to_anno_datum(args, image, second, names)
-            if anno is None:
-                log.warning("Failed to read %s", image)
-                continue
-            datum = anno.datum
-            if args.check_size:
-                if pixels is None:
-                    pixels = datum.channels * datum.height * datum.width
-                elif len(datum.data) != pixels:
-                    raise CaffeError(f"{args.root + image}: {len(datum.data)} bytes of data, the first image "
-                                     f"had {pixels} pixels (--check_size)")
-            txn.put(f"{line_id:08d}_{image}".encode(), anno.SerializeToString())
-            count += 1
-            if count % COMMIT_EVERY == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-                log.info("Processed %d files.", count)
-        txn.commit()
-        if count % COMMIT_EVERY:
-            log.info("Processed %d files.", count)
-        return count
-    finally:
-        env.close()
+def _record(args, names, first, line_id, pair):
+    """The key and AnnotatedDatum of one list line, or None if it cannot be read; ``first`` keeps
+    the first image's pixel count for --check_size (compared, as the fork does, with the data's length)."""
+    image, second = pair
+    anno = to_anno_datum(args, image, second, names)
+    if anno is None:
+        log.warning("Failed to read %s", image)
+        return None
+    datum = anno.datum
+    if args.check_size:
+        pixels = first.setdefault("pixels", datum.channels * datum.height * datum.width)
+        if len(datum.data) != pixels:
+            raise CaffeError(f"{args.root + image}: {len(datum.data)} bytes of data, the first image "
+                             f"had {pixels} pixels (--check_size)")
+    return f"{line_id:08d}_{image}".encode(), anno.SerializeToString()
