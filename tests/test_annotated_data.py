@@ -317,3 +317,18 @@ def test_glibc_rand_is_the_c_librarys():
         assert [ours.next() for _ in range(400)] == expected
     # rand() gives 1804289383 (% 2: item 1 stays), then 846930886 (% 3: items 2 and 1 swap)
     assert caffe_random.random_shuffle([0, 1, 2], caffe_random.GlibcRand()) == [0, 2, 1]
+
+
+def test_uint8_batches_normalized_by_the_device_path_give_the_same_numbers(monkeypatch):
+    """With device_transform (forced here on the CPU; on a GPU it is the default), workers hand
+    over the uint8 images and transform.apply subtracts the mean there: the fork's numbers still."""
+    monkeypatch.chdir(RUNS)
+    golden = np.load(RUNS / "io.npz")
+    caffe.set_random_seed(12)
+    net = caffe.Net("data_augment.prototxt", caffe.TRAIN)
+    layer = net.layers[0]
+    layer.device_transform, layer.workers = True, 1
+    for k in range(2):
+        net.forward()
+        np.testing.assert_array_equal(net.blobs["data"].data, golden[f"augment_batch{k}_data"])
+    layer.close()
