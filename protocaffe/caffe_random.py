@@ -9,7 +9,8 @@ replays them, in float32 arithmetic as Caffe's float build computes them:
 - :func:`uniform`: ``caffe_rng_uniform`` (``boost::uniform_real<float>(a, nextafter(b))``);
 - :func:`gaussian`: ``caffe_rng_gaussian`` (``boost::normal_distribution<float>``, Boost
   1.74's ziggurat with its exponential tail; a variable number of draws per value);
-- :func:`bernoulli`: ``caffe_rng_bernoulli`` (``boost::bernoulli_distribution``).
+- :func:`bernoulli`: ``caffe_rng_bernoulli`` (``boost::bernoulli_distribution``);
+- :class:`CRand`: the C library's ``rand()``, which ``std::random_shuffle`` draws from.
 
 The ziggurat tables are computed here from their definition (128 normal and 256
 exponential layers of equal area), to 40 digits with mpmath, then rounded to double:
@@ -355,43 +356,33 @@ def shuffle(values, stream):
 
 # ---- the C library's rand() (std::random_shuffle) -------------------------------------------
 
-class GlibcRand:
-    """glibc's ``rand()`` after ``srand(seed)`` (a process that never calls srand draws as
-    after srand(1)): the additive generator of random(3) in its default TYPE_3 state, 31 words
-    from a Lehmer sequence, 310 outputs discarded, then word f += word r (mod 2^32) with the
-    two indices three apart walking round the state, each output that word shifted right by one.
-    ``std::random_shuffle`` (libstdc++) draws from it."""
-
-    DEGREE, SEPARATION = 31, 3
+class CRand:
+    """The C library's ``rand()`` as glibc computes it (its TYPE_3 additive generator), from
+    seed 1: the stream Caffe's ``std::random_shuffle`` draws from (libstdc++'s shuffle calls
+    ``rand()``; Caffe never calls ``srand``), so Caffe's HDF5 shuffles are the same in every
+    run, whatever the solver's random_seed, and so are protocaffe's. (So are the SSD fork's
+    channel reorderings in distort_param.)"""
 
     def __init__(self, seed=1):
-        word = int(seed) & 0xFFFFFFFF or 1
-        if word >= 2**31:
-            raise ValueError("seeds from 2^31 up wrap to negative words in glibc; use a smaller seed")
-        state = [word]
-        for _ in range(1, self.DEGREE):
-            hi, lo = divmod(word, 127773)
+        state = [seed or 1]
+        for _ in range(30):
+            hi, lo = divmod(state[-1], 127773)
             word = 16807 * lo - 2836 * hi
-            if word < 0:
-                word += 2147483647
-            state.append(word)
-        self.state, self.front, self.rear = state, self.SEPARATION, 0
-        for _ in range(10 * self.DEGREE):
-            self.next()
+            state.append(word + 2147483647 if word < 0 else word)
+        self.state = state + state[:3]
+        for _ in range(310):
+            self.rand()
 
-    def next(self):
-        """The next ``rand()``."""
-        state, f, r = self.state, self.front, self.rear
-        state[f] = (state[f] + state[r]) & 0xFFFFFFFF
-        value = state[f] >> 1
-        self.front, self.rear = (f + 1) % self.DEGREE, (r + 1) % self.DEGREE
-        return value
+    def rand(self):
+        state = self.state
+        value = (state[-31] + state[-3]) & 0xFFFFFFFF
+        state.append(value)
+        if len(state) > 64:
+            del state[:-34]
+        return value >> 1
 
-
-def random_shuffle(values, crand):
-    """``std::random_shuffle(begin, end)`` of libstdc++ in place: for i = 1 .. n - 1, swap item
-    i with item ``rand() % (i + 1)``, drawing from ``crand`` (a :class:`GlibcRand`)."""
-    for i in range(1, len(values)):
-        j = crand.next() % (i + 1)
-        values[i], values[j] = values[j], values[i]
-    return values
+    def shuffle(self, values):
+        """libstdc++'s ``std::random_shuffle(first, last)``, in place."""
+        for i in range(1, len(values)):
+            j = self.rand() % (i + 1)
+            values[i], values[j] = values[j], values[i]

@@ -6,9 +6,6 @@ run re-encodes images as JPEG after distortion, expansion and cropping; with the
 (opencv-python-headless 4.14, libjpeg-turbo 3.1) its codec gives the fork's bytes, so pixels
 are compared exactly, as are the label rows.
 """
-import ctypes
-import ctypes.util
-
 import cv2
 import lmdb
 import numpy as np
@@ -306,17 +303,6 @@ def test_samplers_draw_as_the_fork_writes_them(case):
     found = sampler.generate(ours, bs, objects, bbox.unset_sizes(len(objects)))
     np.testing.assert_array_equal(found, reference_samples(theirs, bs, objects))
     assert ours.position == theirs.position
-
-
-def test_glibc_rand_is_the_c_librarys():
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    for seed in (1, 12345):
-        libc.srand(seed)
-        expected = [libc.rand() for _ in range(400)]
-        ours = caffe_random.GlibcRand(seed)
-        assert [ours.next() for _ in range(400)] == expected
-    # rand() gives 1804289383 (% 2: item 1 stays), then 846930886 (% 3: items 2 and 1 swap)
-    assert caffe_random.random_shuffle([0, 1, 2], caffe_random.GlibcRand()) == [0, 2, 1]
 
 
 def test_uint8_batches_normalized_by_the_device_path_give_the_same_numbers(monkeypatch):

@@ -105,12 +105,12 @@ class AnnotatedPipeline:
         if self.caffe_seeds is None:
             p, t, rand = np.random.SeedSequence([self.seed, k]).generate_state(3)
             streams = Streams(caffe_random.Stream(int(p)), caffe_random.Stream(int(t)),
-                              caffe_random.GlibcRand(int(rand) % (2**31 - 1) + 1))
+                              caffe_random.CRand(int(rand) % (2**31 - 1) + 1))
             return [self.planner.plan(r, streams) for r in records]
         if self._replay is None or self._replay[0] > k:
             p_seed, t_seed = self.caffe_seeds
             self._replay = (0, Streams(caffe_random.Stream(p_seed), caffe_random.Stream(t_seed or 0),
-                                       caffe_random.GlibcRand()))
+                                       caffe_random.CRand()))
         done, streams = self._replay
         for skipped in range(done, k):  # the choices of batches other processes make
             for raw in self.reader.records(skipped):

@@ -74,7 +74,7 @@ class Streams:
     (positioned at this image's first draw), and the C library's rand()."""
     p: caffe_random.Stream
     t: caffe_random.Stream
-    rand: caffe_random.GlibcRand
+    rand: caffe_random.CRand
 
 
 @dataclass
@@ -172,7 +172,9 @@ class Planner:
             if _uniform(p, 0, 1) < F(prob):
                 steps.append((step, _uniform(p, low, high)))
         if _uniform(p, 0, 1) < F(d.random_order_prob):
-            steps.append(("order", caffe_random.random_shuffle([0, 1, 2], rand)))
+            order = [0, 1, 2]
+            rand.shuffle(order)
+            steps.append(("order", order))
         return steps
 
     def _expand(self, p, h, w):
