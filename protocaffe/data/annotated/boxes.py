@@ -20,10 +20,10 @@ def unset_sizes(n):
 def bbox_size(boxes, sizes=None):
     """BBoxSize of normalized boxes: 0 for an inverted box, else the stored size, else w * h."""
     w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-    computed = (w * h).astype(np.float32)
+    computed = w * h
     if sizes is not None:
         computed = np.where(np.isnan(sizes), computed, sizes)
-    return np.where((w < 0) | (h < 0), F(0), computed).astype(np.float32)
+    return np.where((w < 0) | (h < 0), F(0), computed)
 
 
 def clip(boxes):
@@ -45,32 +45,28 @@ def project(src, boxes):
 
 
 def _intersection(a, b):
-    """IntersectBBox of every box of ``a`` (T, 4) with every box of ``b`` (N, 4): (T, N, 4),
-    zeros where they do not meet."""
-    a, b = a[:, None, :], b[None, :, :]
-    apart = (b[..., 0] > a[..., 2]) | (b[..., 2] < a[..., 0]) | (b[..., 1] > a[..., 3]) | (b[..., 3] < a[..., 1])
-    inter = np.concatenate([np.maximum(a[..., :2], b[..., :2]), np.minimum(a[..., 2:], b[..., 2:])], axis=-1)
-    return np.where(apart[..., None], F(0), inter).astype(np.float32)
+    """Width and height (T, N) of the intersection of every box of ``a`` (T, 4) with every box of
+    ``b`` (N, 4), and its size where both are positive, else 0 (IntersectBBox: boxes that do not
+    meet give an empty box, and so do boxes that only touch)."""
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    meets = (w > 0) & (h > 0)
+    return meets, np.where(meets, w * h, F(0))
 
 
 def jaccard(a, b, b_sizes=None):
     """JaccardOverlap (normalized) of every box of ``a`` (T, 4) with every box of ``b`` (N, 4): (T, N)
     ``inter / (size_a + size_b - inter)``, 0 where the intersection has no positive width and height."""
-    inter = _intersection(a, b)
-    w, h = inter[..., 2] - inter[..., 0], inter[..., 3] - inter[..., 1]
-    inter_size = (w * h).astype(np.float32)
-    union = (bbox_size(a)[:, None] + bbox_size(b, b_sizes)[None, :]).astype(np.float32) - inter_size
-    with np.errstate(divide="ignore", invalid="ignore"):
-        overlap = (inter_size / union).astype(np.float32)
-    return np.where((w > 0) & (h > 0), overlap, F(0)).astype(np.float32)
+    meets, inter = _intersection(a, b)
+    union = (bbox_size(a)[:, None] + bbox_size(b, b_sizes)[None, :]) - inter
+    return np.where(meets, inter / np.where(meets, union, F(1)), F(0))
 
 
 def coverage(a, b, a_sizes=None):
     """BBoxCoverage: the share of each box of ``a`` (T, 4) that each box of ``b`` (N, 4) covers, (T, N)."""
-    inter_size = bbox_size(_intersection(a, b))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = (inter_size / bbox_size(a, a_sizes)[:, None]).astype(np.float32)
-    return np.where(inter_size > 0, share, F(0)).astype(np.float32)
+    meets, inter = _intersection(a, b)
+    size = bbox_size(a, a_sizes)[:, None]
+    return np.where(meets, inter / np.where(meets, size, F(1)), F(0))
 
 
 def meet_emit_constraint(src, boxes, sizes, constraint):

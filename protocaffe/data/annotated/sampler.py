@@ -9,6 +9,8 @@ passes the constraint. As in the fork only the first kind of constraint that is 
 (jaccard overlap, else sample coverage, else object coverage): the fork's loop skips the later
 kinds once the first has passed.
 """
+import math
+
 import numpy as np
 
 from protocaffe.data.annotated import boxes as bbox
@@ -16,6 +18,7 @@ from protocaffe.errors import CaffeError
 
 F = np.float32
 ZERO, ONE, INF = F(0), F(1), F(np.inf)
+SMALLEST = np.nextafter(ZERO, INF)
 DIVISOR = F(F(4294967295.0) + F(1.0))
 """Boost's uniform_real divides an mt19937 output by this (2^32 in float32)."""
 BLOCK = 16
@@ -94,6 +97,14 @@ def _trials(stream, bounds, count):
             size *= 2
 
 
+def _next_up(value):
+    """nextafter(value, +inf) of a float32 value >= 0 (value plus one unit in its last place)."""
+    if not value:
+        return SMALLEST
+    _, exponent = math.frexp(value)
+    return F(float(value) + math.ldexp(1.0, max(exponent - 24, -149)))
+
+
 def _walk(units, bounds, count):
     """SampleBBox ``count`` times over Boost's unit values ``units`` (each output / 2^32 in float32),
     in float32 as the fork computes: a draw in [low, high] is ``unit * (top - low) + low`` with
@@ -118,11 +129,11 @@ def _walk(units, bounds, count):
                 break
         square = float(scale) * float(scale)
         ratio = min(max(ratio, F(square)), F(1 / square))
-        root = np.sqrt(ratio)
+        root = F(math.sqrt(ratio))  # rounded once from double: float32's sqrt
         width, height = scale * root, scale / root
         corner = []
         for extent in (width, height):
-            top = np.nextafter(max(ONE - extent, ZERO), INF)
+            top = _next_up(max(ONE - extent, ZERO))
             while True:
                 value = units[at] * top
                 at += 1
