@@ -3,13 +3,13 @@ create_label_map, get_image_size, and the shapes detection set they turn into LM
 import shutil
 
 import cv2
-import lmdb
 import numpy as np
 import pytest
 
 from conftest import GOLDEN
 from protocaffe import TRAIN, schema
 from protocaffe.cli import main
+from protocaffe.data.db import open_lmdb
 from protocaffe.datasets.shapes_detection import CLASSES, make_shapes_detection
 from protocaffe.net import build_net
 from protocaffe.proto.forks import ssd_pb2
@@ -19,11 +19,8 @@ F = np.float32
 
 
 def records(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        items = list(txn.cursor())
-    env.close()
-    return items
+    with open_lmdb(path).begin() as txn:  # the process's one environment of that folder
+        return list(txn.cursor())
 
 
 def boxes(value):
