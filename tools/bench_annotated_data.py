@@ -49,16 +49,17 @@ def make_data(folder, images, size):
 
 
 def measure(net_path, seeded, workers, batches):
+    """(batches/s, CPU seconds of this process per batch): with 0 workers the CPU time is all the work."""
     net = build_net(net_path, caffe_pb2.TRAIN, seed=1 if seeded else None)
     layer = net.layers["data"]
     layer.workers = workers
     net(), net()  # start the workers, fill the queue
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         net()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     layer.close()
-    return batches / seconds
+    return batches / seconds, cpu / batches
 
 
 def main_bench():
@@ -68,18 +69,19 @@ def main_bench():
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--workers", default="0,1,all")
     args = parser.parse_args()
-    logging.getLogger("protocaffe").setLevel(logging.WARNING)
     cores = os.cpu_count() or 1
     counts = [max(1, cores - 1) if w == "all" else int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         net = make_data(folder, args.images, args.size)
+        logging.getLogger("protocaffe").setLevel(logging.WARNING)
         print(f"AnnotatedData, SSD300 training transform, batch 32, {args.size}x{args.size} JPEG records, "
-              f"{cores} cores")
+              f"{cores} cores, load average {os.getloadavg()[0]:.1f}")
         for seeded in (True, False):
             for workers in counts:
-                rate = measure(net, seeded, workers, args.batches)
+                rate, cpu = measure(net, seeded, workers, args.batches)
+                work = f", {cpu / 32 * 1000:5.1f} ms of CPU per image" if workers == 0 else ""
                 print(f"  {'seeded (Caffe draws)' if seeded else 'unseeded':22s} workers {workers}: "
-                      f"{rate:6.2f} batches/s ({rate * 32:6.1f} images/s)")
+                      f"{rate:6.2f} batches/s ({rate * 32:6.1f} images/s){work}")
 
 
 if __name__ == "__main__":
