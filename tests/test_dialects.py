@@ -101,13 +101,17 @@ def test_moves_scoped_to_a_layer_type_and_into_the_moved_message():
     """A rule scoped to ("caffe.LayerParameter", type) applies in layers of that type only, and a
     (number, rules) target renumbers the moved sub-message's own fields too."""
     import struct
-    inner = bytes([99 << 3 | 5 & 0x7F | 0x80, (99 << 3 | 5) >> 7]) + struct.pack("<f", 4.0)
+    varint = dialects.wire._encode_varint
+
+    def field(number, wire_type, payload):
+        size = varint(len(payload)) if wire_type == dialects.wire.LENGTH else b""
+        return varint(number << 3 | wire_type) + size + payload
+    inner = field(99, dialects.wire.FIXED32, struct.pack("<f", 4.0))
 
     def layer(type_name):
         head = caffe_pb2.LayerParameter(name="l", type=type_name).SerializeToString()
-        return head + bytes([137 << 3 | 2 & 0x7F | 0x80, (137 << 3 | 2) >> 7, len(inner)]) + inner
-    net = b"".join(bytes([100 << 3 | 2 & 0x7F | 0x80, (100 << 3 | 2) >> 7, len(l)]) + l
-                   for l in (layer("ForkType"), layer("Embed")))
+        return field(100, dialects.wire.LENGTH, head + field(137, dialects.wire.LENGTH, inner))
+    net = layer("ForkType") + layer("Embed")
     moves = {("caffe.LayerParameter", "ForkType"): {(137, dialects.wire.LENGTH): (203, {(99, 5): 1})}}
     out = caffe_pb2.NetParameter.FromString(
         dialects.wire.renumber(net, caffe_pb2.NetParameter.DESCRIPTOR, moves))
