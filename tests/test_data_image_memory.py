@@ -7,7 +7,7 @@ import protocaffe
 from protocaffe.fileio import parse_text
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
-from test_data import logged, records  # noqa: F401 (a fixture)
+from test_data import records  # noqa: F401 (a fixture)
 
 
 def image_net(params, transform="", phase=caffe_pb2.TEST, seed=5, workers=None):
