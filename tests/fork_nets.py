@@ -1,0 +1,82 @@
+"""Helpers for the forks' tests: small real-world-shaped nets as prototxt text, random weights,
+and the same net run by OpenCV 4's dnn (cv2.dnn.readNetFromCaffe: the layer parameters from the
+prototxt text, the blobs from the .caffemodel)."""
+import cv2
+import numpy as np
+import torch
+
+from protocaffe.net import build_net
+from protocaffe.proto import caffe_pb2
+
+
+def layer(name, type_, bottoms, tops=None, body=""):
+    """One layer's prototxt text."""
+    tops = [name] if tops is None else tops
+    lines = [f'name: "{name}"', f'type: "{type_}"'] + [f'bottom: "{b}"' for b in bottoms] + \
+        [f'top: "{t}"' for t in tops] + ([body] if body else [])
+    return "layer {\n  " + "\n  ".join(lines) + "\n}\n"
+
+
+def input_layer(name, shape):
+    dims = " ".join(f"dim: {d}" for d in shape)
+    return layer(name, "Input", [], body=f"input_param {{ shape {{ {dims} }} }}")
+
+
+def conv(name, bottom, num_output, kernel, stride=1, pad=0, group=1, bias=True, type_="Convolution"):
+    std = (2.0 / (kernel * kernel * num_output / group)) ** 0.5
+    body = (f"convolution_param {{ num_output: {num_output} kernel_size: {kernel} stride: {stride} pad: {pad} "
+            f"group: {group} bias_term: {str(bias).lower()} weight_filler {{ type: \"gaussian\" std: {std:.4f} }} "
+            f"bias_filler {{ type: \"gaussian\" std: 0.1 }} }}")
+    return layer(name, type_, [bottom], body=body)
+
+
+def bn_scale_relu(name, bottom, top=None, relu=True):
+    """BVLC's BatchNorm + Scale (+ ReLU), as DenseNet-Caffe and ShuffleNet write them: BatchNorm
+    from ``bottom`` to ``top`` (in place without one), the rest in place on ``top``."""
+    top = top or bottom
+    text = layer(f"{name}/bn", "BatchNorm", [bottom], [top])
+    text += layer(f"{name}/scale", "Scale", [top], [top],
+                  'scale_param { bias_term: true filler { type: "uniform" min: 0.8 max: 1.2 } '
+                  'bias_filler { type: "gaussian" std: 0.1 } }')
+    if relu:
+        text += layer(f"{name}/relu", "ReLU", [top], [top])
+    return text
+
+
+def calibrated_net(path, inputs, seed=0):
+    """The net at ``path`` in TEST with random weights (its fillers under ``seed``) and the
+    normalization layers' statistics those of ``inputs``: one TRAIN forward pass fills
+    BatchNorm's (and PSPNet BN's) running statistics, so a deep random net keeps activations
+    of order 1 in TEST."""
+    train = build_net(path, phase=caffe_pb2.TRAIN, seed=seed)
+    with torch.no_grad():
+        train(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    weights = path.with_suffix(".caffemodel")
+    train.save(weights)
+    return build_net(path, weights=weights, seed=seed), weights
+
+
+def run_both(tmp_path, text, inputs, outputs, seed=0, opencv_text=None):
+    """(protocaffe's outputs, OpenCV's outputs) of the net ``text`` with random weights
+    (:func:`calibrated_net`); OpenCV reads ``opencv_text`` where the two need different
+    prototxt (same layer names)."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    net, weights = calibrated_net(path, inputs, seed)
+    with torch.no_grad():
+        blobs = net(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    ours = [blobs[o].numpy() for o in outputs]
+    cv_path = tmp_path / "opencv.prototxt"
+    cv_path.write_text(opencv_text or text)
+    cv_net = cv2.dnn.readNetFromCaffe(str(cv_path), str(weights))
+    cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    for name, value in inputs.items():
+        cv_net.setInput(value, name)
+    theirs = cv_net.forward(outputs)
+    return ours, [np.asarray(t) for t in theirs]
+
+
+def max_relative(ours, theirs):
+    """max |ours - theirs| / max(1, max |theirs|): the difference on the outputs' own scale."""
+    return float(np.abs(ours - theirs).max() / max(1.0, float(np.abs(theirs).max())))
