@@ -30,13 +30,14 @@ def conv(name, bottom, num_output, kernel, stride=1, pad=0, group=1, bias=True, 
     return layer(name, type_, [bottom], body=body)
 
 
-def bn_scale_relu(name, bottom, top=None, relu=True):
+def bn_scale_relu(name, bottom, top=None, relu=True, gamma=(0.8, 1.2)):
     """BVLC's BatchNorm + Scale (+ ReLU), as DenseNet-Caffe and ShuffleNet write them: BatchNorm
-    from ``bottom`` to ``top`` (in place without one), the rest in place on ``top``."""
+    from ``bottom`` to ``top`` (in place without one), the rest in place on ``top``; Scale's
+    factors uniform in ``gamma``."""
     top = top or bottom
     text = layer(f"{name}/bn", "BatchNorm", [bottom], [top])
     text += layer(f"{name}/scale", "Scale", [top], [top],
-                  'scale_param { bias_term: true filler { type: "uniform" min: 0.8 max: 1.2 } '
+                  f'scale_param {{ bias_term: true filler {{ type: "uniform" min: {gamma[0]} max: {gamma[1]} }} '
                   'bias_filler { type: "gaussian" std: 0.1 } }')
     if relu:
         text += layer(f"{name}/relu", "ReLU", [top], [top])
