@@ -110,3 +110,14 @@ def test_densenet121_computes_opencvs_output(tmp_path, ceil_mode, sizes):
         assert a.shape == b.shape, name
         assert max_relative(a, b) < 1e-4, (name, max_relative(a, b))
     assert np.abs(theirs[-1]).max() > 0.1  # the random net's output is not all near 0
+
+
+def test_upgrade_net_proto_binary_with_the_dialect_writes_bvlcs_round_mode(tmp_path):
+    from protocaffe import fileio
+    from protocaffe.cli import main
+    source, out = tmp_path / "densenet.caffemodel", tmp_path / "bvlc.caffemodel"
+    source.write_bytes(_fork_binary(0))
+    assert main(["upgrade_net_proto_binary", "--dialect", "densenet", str(source), str(out)]) == 0
+    assert fileio.read_binary(out, caffe_pb2.NetParameter).layer[0].pooling_param.round_mode == FLOOR
+    assert main(["upgrade_net_proto_binary", str(source), str(out)]) == 0
+    assert fileio.read_binary(out, caffe_pb2.NetParameter).layer[0].pooling_param.round_mode == CEIL
