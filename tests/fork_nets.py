@@ -5,8 +5,23 @@ import cv2
 import numpy as np
 import torch
 
+from protocaffe import schema
+from protocaffe.dialects.wire import LENGTH, _encode_varint
+from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
+
+
+def make(text, bottom_shapes, phase=caffe_pb2.TEST):
+    """One layer from its prototxt text (fork fields by bare name), its fillers seeded."""
+    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
+    ctx = BuildContext(phase=phase, generator=torch.Generator().manual_seed(0))
+    return LAYERS[lp.type](lp, bottom_shapes, ctx)
+
+
+def length_field(number, payload):
+    """A length-delimited field on the wire: how a fork's binary file holds a sub-message."""
+    return _encode_varint(number << 3 | LENGTH) + _encode_varint(len(payload)) + payload
 
 
 def layer(name, type_, bottoms, tops=None, body=""):

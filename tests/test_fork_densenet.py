@@ -91,7 +91,8 @@ def densenet121(ceil_mode, growth=4, blocks=(6, 12, 24, 16)):
             text += bn_scale_relu(f"conv{b}_blk", x, f"conv{b}_blk/bn")
             channels //= 2
             text += conv(f"conv{b}_blk", f"conv{b}_blk/bn", channels, 1, bias=False)
-            text += layer(f"pool{b}", "Pooling", [f"conv{b}_blk"], body="pooling_param { pool: AVE kernel_size: 2 stride: 2 }")
+            text += layer(f"pool{b}", "Pooling", [f"conv{b}_blk"],
+                          body="pooling_param { pool: AVE kernel_size: 2 stride: 2 }")
             x = f"pool{b}"
     text += bn_scale_relu("conv5_blk", x)
     text += layer("pool5", "Pooling", [x], body="pooling_param { pool: AVE global_pooling: true }")

@@ -6,18 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fork_nets import bn_scale_relu, conv, input_layer, layer, max_relative, run_both
+from fork_nets import bn_scale_relu, conv, input_layer, layer, length_field, make, max_relative, run_both
 from protocaffe import dialects, schema
-from protocaffe.dialects.wire import LENGTH, VARINT, _encode_varint
+from protocaffe.dialects.wire import VARINT, _encode_varint
 from protocaffe.errors import CaffeError
-from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.net import read_net_param
 from protocaffe.proto import caffe_pb2
 
 
-def make(text, bottom_shapes):
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, bottom_shapes, BuildContext(generator=torch.Generator().manual_seed(0)))
 
 
 # ---- ShuffleChannel ----------------------------------------------------------------------
@@ -32,16 +28,18 @@ def np_shuffle_channel(x, group):
     return out
 
 
+def shuffle(group, shape):
+    return make(f'name: "s" type: "ShuffleChannel" bottom: "x" top: "y" shuffle_channel_param {{ group: {group} }}',
+                [shape])
+
+
 def test_shuffle_channel_is_the_forks_permutation():
     x = np.arange(1, 7, dtype=np.float32).reshape(1, 6, 1, 1)
-    shuffle = make('name: "s" type: "ShuffleChannel" bottom: "x" top: "y" shuffle_channel_param { group: 3 }', [x.shape])
-    assert shuffle(torch.from_numpy(x)).numpy().ravel().tolist() == [1, 3, 5, 2, 4, 6]
+    assert shuffle(3, x.shape)(torch.from_numpy(x)).numpy().ravel().tolist() == [1, 3, 5, 2, 4, 6]
     x = np.random.default_rng(0).standard_normal((2, 12, 3, 4)).astype(np.float32)
     for group in (2, 3, 4):
-        shuffle = make(f'name: "s" type: "ShuffleChannel" bottom: "x" top: "y" shuffle_channel_param {{ group: {group} }}',
-                       [x.shape])
         xt = torch.from_numpy(x).requires_grad_()
-        y = shuffle(xt)
+        y = shuffle(group, x.shape)(xt)
         np.testing.assert_array_equal(y.detach().numpy(), np_shuffle_channel(x, group))
         y.backward(y.detach())  # the inverse permutation brings the values back
         np.testing.assert_array_equal(xt.grad.numpy(), x)
@@ -49,7 +47,7 @@ def test_shuffle_channel_is_the_forks_permutation():
 
 def test_shuffle_channel_needs_channels_divisible_by_group():
     with pytest.raises(CaffeError, match="the 10 channels must split into group 3 equal groups"):
-        make('name: "s" type: "ShuffleChannel" bottom: "x" top: "y" shuffle_channel_param { group: 3 }', [(1, 10, 2, 2)])
+        shuffle(3, (1, 10, 2, 2))
 
 
 # ---- depthwise convolutions --------------------------------------------------------------------
@@ -60,7 +58,7 @@ def test_convolution_depthwise_ignores_num_output_and_group():
               'group: 1 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "gaussian" } bias_filler { type: '
               '"gaussian" } }', [(2, 3, 7, 8)])
     assert tuple(dw.weight.shape) == (3, 1, 3, 3) and tuple(dw.bias.shape) == (3,)
-    x = torch.randn(2, 3, 7, 8)
+    x = torch.randn(2, 3, 7, 8, generator=torch.Generator().manual_seed(0))
     y = dw(x)
     assert dw.top_shapes([(2, 3, 7, 8)]) == [(2, 3, 4, 4)]
     w, b = dw.weight.detach().numpy(), dw.bias.detach().numpy()
@@ -81,7 +79,7 @@ def test_depthwise_convolution_is_convolution():
     text = ('bottom: "x" top: "y" convolution_param { num_output: 8 group: 4 kernel_size: 3 pad: 2 dilation: 2 '
             'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }')
     dw = make('name: "dw" type: "DepthwiseConvolution" ' + text, [(2, 4, 6, 6)])
-    x = torch.randn(2, 4, 6, 6)
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(dw(x), F.conv2d(x, dw.weight, dw.bias, 1, 2, 2, 4))
     assert tuple(dw.weight.shape) == (8, 1, 3, 3)
 
@@ -131,10 +129,12 @@ def test_axpy_checks_its_shapes():
 def shufflenet_units(groups=3):
     """Two ShuffleNet units (g = 3) as farmingyard/ShuffleNet writes them: 1x1 group conv + BN +
     ReLU, ShuffleChannel, ConvolutionDepthwise 3x3 + BN, 1x1 group conv + BN; the stride-2 unit
-    concatenates a 3x3/2 AVE-pooled shortcut (14 -> 7 rounding up, as the 3x3/2 padded conv), the stride-1 unit adds its input (Eltwise)."""
+    concatenates a 3x3/2 AVE-pooled shortcut (14 -> 7 rounding up, as the 3x3/2 padded conv),
+    the stride-1 unit adds its input (Eltwise)."""
     text = input_layer("data", (1, 24, 14, 14))
     for unit, bottom, stride, out in (("u1", "data", 2, 24), ("u2", "u1", 1, 48)):
-        text += conv(f"{unit}_conv1", bottom, 18, 1, group=groups, bias=False) + bn_scale_relu(f"{unit}_conv1", f"{unit}_conv1")
+        text += conv(f"{unit}_conv1", bottom, 18, 1, group=groups, bias=False)
+        text += bn_scale_relu(f"{unit}_conv1", f"{unit}_conv1")
         text += layer(f"{unit}_shuffle", "ShuffleChannel", [f"{unit}_conv1"],
                       body=f"shuffle_channel_param {{ group: {groups} }}")
         text += conv(f"{unit}_conv2", f"{unit}_shuffle", 18, 3, stride, 1, bias=False, type_="ConvolutionDepthwise")
@@ -142,7 +142,8 @@ def shufflenet_units(groups=3):
         text += conv(f"{unit}_conv3", f"{unit}_conv2", out, 1, group=groups, bias=False)
         text += bn_scale_relu(f"{unit}_conv3", f"{unit}_conv3", relu=False)
         if stride == 2:
-            text += layer(f"{unit}_pool", "Pooling", [bottom], body="pooling_param { pool: AVE kernel_size: 3 stride: 2 }")
+            text += layer(f"{unit}_pool", "Pooling", [bottom],
+                          body="pooling_param { pool: AVE kernel_size: 3 stride: 2 }")
             text += layer(f"{unit}_join", "Concat", [f"{unit}_pool", f"{unit}_conv3"])
         else:
             text += layer(f"{unit}_join", "Eltwise", [bottom, f"{unit}_conv3"])
@@ -212,8 +213,6 @@ def test_se_block_with_axpy_computes_opencvs_output_with_its_operands_swapped(tm
 
 # ---- the forks' binary numbers and the log -----------------------------------------------------
 
-def _message(number, payload):
-    return _encode_varint(number << 3 | LENGTH) + _encode_varint(len(payload)) + payload
 
 
 @pytest.mark.parametrize("number, fork", [(208, "chuanqi305"), (100000, "RuiminChen"), (211, "eric612")])
@@ -221,7 +220,7 @@ def test_relu6_param_at_each_forks_number(tmp_path, number, fork):
     params = _encode_varint(1 << 3 | 5) + np.float32(0.25).tobytes() + _encode_varint(2 << 3 | VARINT) + b"\x01"
     head = caffe_pb2.LayerParameter(name="relu", type="ReLU6", bottom=["x"], top=["x"])
     path = tmp_path / "net.caffemodel"
-    path.write_bytes(_message(100, head.SerializeToString() + _message(number, params)))
+    path.write_bytes(length_field(100, head.SerializeToString() + length_field(number, params)))
     p = schema.get(dialects.read_binary(path, caffe_pb2.NetParameter).layer[0], "relu6_param")
     assert p.negative_slope == 0.25 and p.engine == 1, fork
 
@@ -229,7 +228,7 @@ def test_relu6_param_at_each_forks_number(tmp_path, number, fork):
 def test_shuffle_channel_param_reads_at_164(tmp_path):
     head = caffe_pb2.LayerParameter(name="s", type="ShuffleChannel", bottom=["x"], top=["y"])
     path = tmp_path / "net.caffemodel"
-    path.write_bytes(_message(100, head.SerializeToString() + _message(164, _encode_varint(1 << 3) + b"\x03")))
+    path.write_bytes(length_field(100, head.SerializeToString() + length_field(164, _encode_varint(1 << 3) + b"\x03")))
     assert schema.get(dialects.read_binary(path, caffe_pb2.NetParameter).layer[0], "shuffle_channel_param").group == 3
 
 

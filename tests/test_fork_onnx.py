@@ -35,14 +35,15 @@ def _exported_equals_protocaffe(tmp_path, text, phase=caffe_pb2.TEST, prepare=No
 
 
 def _statistics(net):
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for lay in net.layer_by_name().values():
             if lay.type == "BatchNorm":
-                lay.variance.uniform_(0.5, 2)
+                lay.variance.uniform_(0.5, 2, generator=g)
                 lay.scale_factor.fill_(1)
             if lay.type == "BN" and not lay.segnet:
-                lay.mean.uniform_(-1, 1)
-                lay.variance.uniform_(0.5, 2)
+                lay.mean.uniform_(-1, 1, generator=g)
+                lay.variance.uniform_(0.5, 2, generator=g)
 
 
 @pytest.mark.parametrize("text", [shufflenet_units(), mobilenet_v2_block(), mobilenet_v2_block("DepthwiseConvolution"),

@@ -6,20 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fork_nets import conv, input_layer, layer, max_relative, run_both
+from fork_nets import conv, input_layer, layer, length_field, make, max_relative, run_both
 from protocaffe import dialects, schema
-from protocaffe.dialects.wire import FIXED32, LENGTH, VARINT, _encode_varint
+from protocaffe.dialects.wire import FIXED32, VARINT, _encode_varint
 from protocaffe.errors import CaffeError
-from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.net import read_net_param
 from protocaffe.proto import caffe_pb2
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-def make(text, bottom_shapes, phase=TEST):
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, bottom_shapes, BuildContext(phase=phase, generator=torch.Generator().manual_seed(0)))
 
 
 def interp(params, shape):
@@ -45,8 +41,9 @@ def np_interp(x, pad_beg, pad_end, out_h, out_w):
     out = np.zeros(x.shape[:2] + (out_h, out_w), np.float32)
     for i, h1, hp, lh in _weights(h, out_h):
         for j, w1, wp, lw in _weights(w, out_w):
-            out[:, :, i, j] = (np.float32(1) - lh) * ((np.float32(1) - lw) * p[:, :, h1, w1] + lw * p[:, :, h1, w1 + wp]) + \
-                lh * ((np.float32(1) - lw) * p[:, :, h1 + hp, w1] + lw * p[:, :, h1 + hp, w1 + wp])
+            h0, w0 = np.float32(1) - lh, np.float32(1) - lw
+            out[:, :, i, j] = h0 * (w0 * p[:, :, h1, w1] + lw * p[:, :, h1, w1 + wp]) + \
+                lh * (w0 * p[:, :, h1 + hp, w1] + lw * p[:, :, h1 + hp, w1 + wp])
     return out
 
 
@@ -117,7 +114,7 @@ def test_interp_forward_and_backward_are_the_forks(params, in_hw, pads, out_hw):
 
 
 def test_interp_is_align_corners_bilinear():
-    x = torch.randn(1, 2, 7, 9)
+    x = torch.randn(1, 2, 7, 9, generator=torch.Generator().manual_seed(0))
     for size in ((19, 25), (13, 4), (60, 33)):
         ours = interp(f"height: {size[0]} width: {size[1]}", x.shape)(x)
         torch.testing.assert_close(ours, F.interpolate(x, size, mode="bilinear", align_corners=True),
@@ -133,7 +130,8 @@ def pyramid_pooling(size=24, bins=(1, 2, 3, 6), channels=8):
     branches = ["conv5"]
     for b in bins:
         k = size // b
-        text += layer(f"pool{b}", "Pooling", ["conv5"], body=f"pooling_param {{ pool: AVE kernel_size: {k} stride: {k} }}")
+        text += layer(f"pool{b}", "Pooling", ["conv5"],
+                      body=f"pooling_param {{ pool: AVE kernel_size: {k} stride: {k} }}")
         text += conv(f"pool{b}_conv", f"pool{b}", channels // 4, 1) + layer(f"pool{b}_relu", "ReLU", [f"pool{b}_conv"],
                                                                              [f"pool{b}_conv"])
         text += layer(f"pool{b}_interp", "Interp", [f"pool{b}_conv"],
@@ -182,15 +180,18 @@ def test_pspnet_bn_frozen_or_in_test_uses_the_running_statistics(params, phase):
     if "true" in params:
         assert not bn.weight.requires_grad and not bn.bias.requires_grad  # frozen: lr_mult 0 in the fork
         assert (bn.variance == 1).all()                                   # the fork starts a frozen variance at 1
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        bn.mean.uniform_(-1, 1)
-        bn.variance.uniform_(0.5, 2)
+        bn.mean.uniform_(-1, 1, generator=g)
+        bn.variance.uniform_(0.5, 2, generator=g)
     slope, bias, mean, var = (b.detach().numpy().copy() for b in bn.blobs)
     xt = torch.from_numpy(x).requires_grad_()
     y = bn(xt)
-    np.testing.assert_allclose(y.detach().numpy(), slope * (x - mean) / np.sqrt(var + 1e-5) + bias, rtol=1e-10)
+    expected = slope * (x - mean) / np.sqrt(var + float(np.float32(1e-5))) + bias
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
     y.backward(torch.ones_like(y))
-    np.testing.assert_allclose(xt.grad.numpy(), np.broadcast_to(slope / np.sqrt(var + 1e-5), x.shape), rtol=1e-10)
+    gain = slope / np.sqrt(var + float(np.float32(1e-5)))
+    np.testing.assert_allclose(xt.grad.numpy(), np.broadcast_to(gain, x.shape), rtol=1e-10)
     assert (bn.mean.numpy() == mean).all() and (bn.variance.numpy() == var).all()
 
 
@@ -201,8 +202,6 @@ def test_pspnet_bn_has_one_top():
 
 # ---- the forks' binary numbers, and the log ------------------------------------------------
 
-def _message(number, payload):
-    return _encode_varint(number << 3 | LENGTH) + _encode_varint(len(payload)) + payload
 
 
 def test_interp_param_at_143_reads_in_interp_layers_and_input_param_elsewhere(tmp_path):
@@ -212,7 +211,8 @@ def test_interp_param_at_143_reads_in_interp_layers_and_input_param_elsewhere(tm
     head = caffe_pb2.LayerParameter(name="interp", type="Interp", bottom=["data"], top=["up"])
     params = b"".join(_encode_varint(n << 3 | VARINT) + _encode_varint(v) for n, v in ((3, 8), (5, 0)))
     path = tmp_path / "pspnet.caffemodel"
-    path.write_bytes(_message(100, inp.SerializeToString()) + _message(100, head.SerializeToString() + _message(143, params)))
+    path.write_bytes(length_field(100, inp.SerializeToString()) +
+                     length_field(100, head.SerializeToString() + length_field(143, params)))
     net = dialects.read_binary(path, caffe_pb2.NetParameter)
     assert list(net.layer[0].input_param.shape[0].dim) == [1, 3, 8, 8]
     p = schema.get(net.layer[1], "interp_param")
@@ -222,12 +222,12 @@ def test_interp_param_at_143_reads_in_interp_layers_and_input_param_elsewhere(tm
 
 def test_pspnet_bn_param_at_152_moves_with_its_fields(tmp_path):
     """PSPNet's BNParameter: slope_filler 1, bias_filler 2, momentum 3 (a float), eps 4, frozen 5."""
-    params = (_message(1, caffe_pb2.FillerParameter(type="constant", value=1).SerializeToString()) +
-              _message(2, caffe_pb2.FillerParameter(type="constant", value=0).SerializeToString()) +
+    params = (length_field(1, caffe_pb2.FillerParameter(type="constant", value=1).SerializeToString()) +
+              length_field(2, caffe_pb2.FillerParameter(type="constant", value=0).SerializeToString()) +
               _encode_varint(3 << 3 | FIXED32) + np.float32(0.95).tobytes() + _encode_varint(5 << 3 | VARINT) + b"\x01")
     head = caffe_pb2.LayerParameter(name="bn", type="BN", bottom=["x"], top=["x"])
     path = tmp_path / "pspnet.caffemodel"
-    path.write_bytes(_message(100, head.SerializeToString() + _message(152, params)))
+    path.write_bytes(length_field(100, head.SerializeToString() + length_field(152, params)))
     p = schema.get(dialects.read_binary(path, caffe_pb2.NetParameter).layer[0], "bn_param")
     assert p.slope_filler.value == 1 and p.bias_filler.type == "constant" and p.frozen
     assert p.momentum == pytest.approx(0.95) and not p.HasField("scale_filler") and not p.HasField("bn_mode")

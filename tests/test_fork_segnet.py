@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from fork_nets import input_layer, layer
+from fork_nets import input_layer, layer, length_field, make
 from protocaffe import dialects, schema
-from protocaffe.dialects.wire import LENGTH, VARINT, _encode_varint
+from protocaffe.dialects.wire import VARINT, _encode_varint
 from protocaffe.errors import CaffeError
-from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.net import build_net, read_net_param
 from protocaffe.proto import caffe_pb2
 
@@ -19,10 +18,6 @@ FLT_MAX = np.float32(3.4028235e38)
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
-def make(text, bottom_shapes, phase=TEST, seed=0):
-    """One layer from prototxt text (fork fields by bare name)."""
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, bottom_shapes, BuildContext(phase=phase, generator=torch.Generator().manual_seed(seed)))
 
 
 # ---- NumPy references, loop for loop as the forks' CPU code ------------------------------
@@ -180,12 +175,12 @@ def test_upsample_mask_outside_the_output_is_one_line():
 
 def test_yolo_upsample_is_nearest_neighbour():
     """One bottom: the YOLO ports' layer, out[h, w] = in[h / s, w / s]; the backward sums each block."""
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
     up = make('name: "u" type: "Upsample" bottom: "x" top: "y" upsample_param { scale: 3 }', [x.shape])
     y = up(x)
     ref = np.repeat(np.repeat(x.detach().numpy(), 3, 2), 3, 3)
     np.testing.assert_array_equal(y.detach().numpy(), ref)
-    dtop = torch.randn(y.shape, dtype=torch.float64)
+    dtop = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y.backward(dtop)
     np.testing.assert_allclose(x.grad.numpy(), dtop.numpy().reshape(2, 3, 4, 3, 5, 3).sum((3, 5)))
     no_scale = make('name: "u" type: "Upsample" bottom: "x" top: "y"', [x.shape])
@@ -237,7 +232,7 @@ def test_segnet_bn_learn_backward_is_the_forks():
 
 
 def test_segnet_bn_inference_is_affine():
-    x = torch.randn(2, 3, 4, 4)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     bn = make('name: "bn" type: "BN" bottom: "x" top: "y" bn_param { bn_mode: INFERENCE '
               'scale_filler { type: "constant" value: 2 } shift_filler { type: "constant" value: -1 } }', [x.shape])
     torch.testing.assert_close(bn(x), 2 * x - 1)
@@ -301,12 +296,10 @@ def test_class_weighting_needs_one_weight_per_class():
 
 # ---- the forks' binary files -----------------------------------------------------------------
 
-def _message(number, payload):
-    return _encode_varint(number << 3 | LENGTH) + _encode_varint(len(payload)) + payload
 
 
 def _layer(head, field, payload):
-    return _message(100, head.SerializeToString() + _message(field, payload))
+    return length_field(100, head.SerializeToString() + length_field(field, payload))
 
 
 def _upsample_params(upsample_h, upsample_w, scale=2):
@@ -334,9 +327,10 @@ def test_upsample_param_at_each_forks_number_reads_in_upsample_layers(tmp_path, 
 def test_dense_image_data_param_of_caffe_segnet_moves_from_bvlcs_tile_param(tmp_path):
     data = caffe_pb2.LayerParameter(name="data", type="DenseImageData", top=["data", "label"])
     tile = caffe_pb2.LayerParameter(name="tile", type="Tile", bottom=["a"], top=["b"])
-    params = _message(1, b"train.txt") + _encode_varint(2 << 3) + _encode_varint(4)
+    params = length_field(1, b"train.txt") + _encode_varint(2 << 3) + _encode_varint(4)
     path = tmp_path / "net.caffemodel"
-    path.write_bytes(_layer(data, 138, params) + _layer(tile, 138, caffe_pb2.TileParameter(tiles=3).SerializeToString()))
+    tile_param = caffe_pb2.TileParameter(tiles=3).SerializeToString()
+    path.write_bytes(_layer(data, 138, params) + _layer(tile, 138, tile_param))
     net = dialects.read_binary(path, caffe_pb2.NetParameter)
     dense = schema.get(net.layer[0], "dense_image_data_param")
     assert (dense.source, dense.batch_size) == ("train.txt", 4) and not net.layer[0].HasField("tile_param")
@@ -438,12 +432,13 @@ def _conv(name, bottom, out, kernel, stride=1, pad=0, type_="Convolution"):
 
 
 def _bn(name, bottom, mode):
-    return layer(name, "BN", [bottom], [bottom], f'bn_param {{ bn_mode: {mode} scale_filler {{ type: "uniform" '
-                                                 f'min: 0.5 max: 1.5 }} shift_filler {{ type: "gaussian" std: 0.2 }} }}')
+    fillers = 'scale_filler { type: "uniform" min: 0.5 max: 1.5 } shift_filler { type: "gaussian" std: 0.2 }'
+    return layer(name, "BN", [bottom], [bottom], f"bn_param {{ bn_mode: {mode} {fillers} }}")
 
 
 def _pool(name, bottom):
-    return layer(name, "Pooling", [bottom], [name, f"{name}_mask"], "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
+    return layer(name, "Pooling", [bottom], [name, f"{name}_mask"],
+                 "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
 
 
 def segnet_like(bn_mode="LEARN"):
@@ -455,7 +450,8 @@ def segnet_like(bn_mode="LEARN"):
     for name, bottom, out in (("conv1", "data", 6), ("conv2", "pool1", 8)):
         text += _conv(name, bottom, out, 3, pad=1) + _bn(f"{name}_bn", name, bn_mode)
         text += layer(f"{name}_relu", "ReLU", [name], [name]) + _pool(f"pool{name[-1]}", name)
-    text += layer("up2", "Upsample", ["pool2", "pool2_mask"], body="upsample_param { scale: 2 upsample_h: 5 upsample_w: 7 }")
+    text += layer("up2", "Upsample", ["pool2", "pool2_mask"],
+                  body="upsample_param { scale: 2 upsample_h: 5 upsample_w: 7 }")
     text += _conv("conv2_D", "up2", 6, 3, pad=1) + _bn("conv2_D_bn", "conv2_D", bn_mode)
     text += layer("conv2_D_relu", "ReLU", ["conv2_D"], ["conv2_D"])
     text += layer("up1", "Upsample", ["conv2_D", "pool1_mask"], body="upsample_param { scale: 2 }")
@@ -499,17 +495,19 @@ def enet_like():
     t += layer("init", "Concat", ["conv0", "pool0"]) + _bn("init_bn", "init", "INFERENCE")
     t += layer("init_prelu", "PReLU", ["init"], ["init"])
     t += _pool("pool1", "init")
-    for name, bottom, out, k, s, pad in (("b1a", "init", 4, 2, 2, 0), ("b1b", "b1a", 4, 3, 1, 1), ("b1c", "b1b", 16, 1, 1, 0)):
+    for name, bottom, out, k, s, pad in (("b1a", "init", 4, 2, 2, 0), ("b1b", "b1a", 4, 3, 1, 1),
+                                         ("b1c", "b1b", 16, 1, 1, 0)):
         t += _conv(name, bottom, out, k, s, pad) + _bn(f"{name}_bn", name, "INFERENCE")
         if name != "b1c":
             t += layer(f"{name}_prelu", "PReLU", [name], [name])
-    t += layer("drop1", "Python", ["b1c"], body='python_param { module: "spatial_dropout" layer: '
-                                                '"SpatialDropoutLayer" param_str: "{\'phase\': \'TEST\', \'p\': \'0.01\'}" }')
+    t += layer("drop1", "Python", ["b1c"], body='python_param { module: "spatial_dropout" layer: "SpatialDropoutLayer" '
+                                                'param_str: "{\'phase\': \'TEST\', \'p\': \'0.01\'}" }')
     t += layer("add1", "Eltwise", ["pool1", "drop1"]) + layer("add1_prelu", "PReLU", ["add1"], ["add1"])
     t += _conv("b2m", "add1", 16, 1) + _bn("b2m_bn", "b2m", "INFERENCE")
     t += layer("up2", "Upsample", ["b2m", "pool1_mask"], body="upsample_param { scale: 2 }")
     for name, bottom, out, k, s, type_ in (("b2a", "add1", 4, 1, 1, "Convolution"),
-                                           ("b2b", "b2a", 4, 2, 2, "Deconvolution"), ("b2c", "b2b", 16, 1, 1, "Convolution")):
+                                           ("b2b", "b2a", 4, 2, 2, "Deconvolution"),
+                                           ("b2c", "b2b", 16, 1, 1, "Convolution")):
         t += _conv(name, bottom, out, k, s, type_=type_) + _bn(f"{name}_bn", name, "INFERENCE")
         if name != "b2c":
             t += layer(f"{name}_prelu", "PReLU", [name], [name])
@@ -522,10 +520,11 @@ def test_enet_like_blocks_match_numpy(tmp_path):
     path = tmp_path / "enet.prototxt"
     path.write_text(input_layer("data", (1, 3, 16, 16)) + enet_like())
     net = build_net(path, seed=4)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for lay in net.layer_by_name().values():
             if lay.type == "PReLU":
-                lay.weight.uniform_(0.1, 0.4)
+                lay.weight.uniform_(0.1, 0.4, generator=g)
     x = np.random.default_rng(8).standard_normal((1, 3, 16, 16))
     with torch.no_grad():
         blobs = net(data=torch.from_numpy(x).float())
@@ -578,7 +577,8 @@ def test_segnet_like_net_trains(tmp_path):
                  "class_weighting: 0.5 }")
     (tmp_path / "net.prototxt").write_text(data + segnet_like() + loss)
     (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.05 momentum: 0.9 '
-                                              f'lr_policy: "fixed" max_iter: 60 random_seed: 1 snapshot_after_train: false')
+                                              'lr_policy: "fixed" max_iter: 60 random_seed: 1 '
+                                              'snapshot_after_train: false')
     solver = Solver(tmp_path / "solver.prototxt")
     with torch.no_grad():
         before = float(solver.net.loss(solver.net()))

@@ -105,6 +105,7 @@ def test_the_proto_compiled_ahead_of_time_imports_protocaffes_schema(tmp_path):
 
 def test_a_proto_that_does_not_compile_is_one_line(tmp_path):
     bad = tmp_path / "bad.proto"
-    bad.write_text('syntax = "proto2";\nimport "caffe.proto";\nextend caffe.LayerParameter { optional Nope x = 10148; }\n')
+    bad.write_text('syntax = "proto2";\nimport "caffe.proto";\n'
+                   'extend caffe.LayerParameter { optional Nope x = 10148; }\n')
     with pytest.raises(CaffeError, match=r"bad.proto: protoc failed: .*Nope"):
         plugins.load_proto(bad)
