@@ -79,3 +79,4 @@ def test_refused_types_are_named(tmp_path, body, message):
     path.write_text(input_layer("data", (1, 2, 4, 4)) + body)
     with pytest.raises(CaffeError, match=message):
         to_onnx(build_net(path))
+
