@@ -1,7 +1,9 @@
 """Helpers for the forks' tests: small real-world-shaped nets as prototxt text, random weights,
 and the same net run by OpenCV 4's dnn (cv2.dnn.readNetFromCaffe: the layer parameters from the
 prototxt text, the blobs from the .caffemodel)."""
-import cv2
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
@@ -72,6 +74,32 @@ def calibrated_net(path, inputs, seed=0):
     return build_net(path, weights=weights, seed=seed), weights
 
 
+_OPENCV = """
+import sys, cv2, numpy as np
+prototxt, weights, feeds, result = sys.argv[1:5]
+net = cv2.dnn.readNetFromCaffe(prototxt, weights)
+net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+inputs = np.load(feeds)
+for name in inputs.files:
+    net.setInput(inputs[name], name)
+outputs = sys.argv[5:]
+np.savez(result, *[np.asarray(o) for o in net.forward(outputs)])
+"""
+
+
+def opencv_forward(prototxt, weights, inputs, outputs, tmp_path):
+    """OpenCV 4's dnn on the net (layer parameters from ``prototxt``, blobs from ``weights``):
+    the ``outputs`` (layer names). It runs in a process of its own: OpenCV's thread pool in the
+    test process would deadlock the data layers' forked workers of later tests."""
+    feeds, result = tmp_path / "opencv_inputs.npz", tmp_path / "opencv_outputs.npz"
+    np.savez(feeds, **inputs)
+    subprocess.run([sys.executable, "-c", _OPENCV, str(prototxt), str(weights), str(feeds), str(result), *outputs],
+                   check=True, capture_output=True)
+    with np.load(result) as found:
+        return [found[f"arr_{i}"] for i in range(len(outputs))]
+
+
 def run_both(tmp_path, text, inputs, outputs, seed=0, opencv_text=None):
     """(protocaffe's outputs, OpenCV's outputs) of the net ``text`` with random weights
     (:func:`calibrated_net`); OpenCV reads ``opencv_text`` where the two need different
@@ -84,13 +112,7 @@ def run_both(tmp_path, text, inputs, outputs, seed=0, opencv_text=None):
     ours = [blobs[o].numpy() for o in outputs]
     cv_path = tmp_path / "opencv.prototxt"
     cv_path.write_text(opencv_text or text)
-    cv_net = cv2.dnn.readNetFromCaffe(str(cv_path), str(weights))
-    cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    for name, value in inputs.items():
-        cv_net.setInput(value, name)
-    theirs = cv_net.forward(outputs)
-    return ours, [np.asarray(t) for t in theirs]
+    return ours, opencv_forward(cv_path, weights, inputs, outputs, tmp_path)
 
 
 def max_relative(ours, theirs):
