@@ -95,8 +95,8 @@ def _encoding(args, name):
 def to_anno_datum(args, image, second, names):
     """One list line as an AnnotatedDatum, or None if the image cannot be read."""
     path = args.root + image
-    resize = args.resize_height, args.resize_width, not args.gray, max(0, args.min_dim), max(0, args.max_dim)
-    img = read_image(path, *resize)
+    img = read_image(path, args.resize_height, args.resize_width, not args.gray,
+                     min_dim=max(0, args.min_dim), max_dim=max(0, args.max_dim))
     if img is None:
         log.error("Could not open or find file %s", path)
         return None
