@@ -77,10 +77,19 @@ def _net_params(p):
     return (train, train_state), list(zip(tests, test_states))
 
 
+def solver_gpu(p):
+    """The GPU the solver file asks for, or None: Caffe's rule (tools/caffe.cpp, train) reads
+    ``solver_mode`` only where the file sets it, so a solver without it runs on the CPU (the
+    field's default, GPU, is never used); ``device_id`` is 0 unless set."""
+    if p.HasField("solver_mode") and p.solver_mode == caffe_pb2.SolverParameter.GPU:
+        return p.device_id
+    return None
+
+
 def _device(p, gpu=None):
-    if gpu is None and p.solver_mode == caffe_pb2.SolverParameter.GPU:
+    if gpu is None and solver_gpu(p) is not None:
         if torch.cuda.is_available():
-            gpu = p.device_id
+            gpu = solver_gpu(p)
         else:
             log.warning("solver_mode is GPU but no CUDA device is available; running on the CPU")
     if gpu is None:
@@ -92,13 +101,18 @@ def _device(p, gpu=None):
     return torch.device("cuda", gpu)
 
 
-class Solver:
-    """A Caffe solver of the type in its prototxt (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)."""
+class CaffeSolver:
+    """A Caffe solver of the type in its prototxt (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam):
+    the training loop under pycaffe's :class:`protocaffe.pycaffe.Solver`, as CaffeNet is under its Net."""
 
     def __init__(self, param_or_path, *, gpu=None, weights=None, speed=None):
         p = read_solver_param(param_or_path) if isinstance(param_or_path, (str, os.PathLike)) \
             else param_or_path
         self.param = p
+        for name in ("iter_size", "average_loss"):  # the loop divides by both
+            if getattr(p, name) < 1:
+                where = os.fspath(param_or_path) if isinstance(param_or_path, (str, os.PathLike)) else "the solver"
+                raise CaffeError(f"{where}: {name} must be at least 1, found {getattr(p, name)}")
         if p.type not in RULES:
             raise CaffeError(f"unknown solver type '{p.type}'; known: {', '.join(RULES)}")
         if p.lr_policy not in POLICIES:
@@ -116,12 +130,14 @@ class Solver:
         log.info("Creating training net")
         # one Caffe random stream for all the nets, as Caffe::set_random_seed starts it
         stream = caffe_random.Stream(seed) if seed is not None else None
-        self.net = CaffeNet(filter_net(train, train_state), seed=seed, caffe_stream=stream).to(self.device)
+        self.net = CaffeNet(filter_net(train, train_state), seed=seed, caffe_stream=stream,
+                             device=self.device).to(self.device)
         self.net.keep_all_blobs = False  # the loop reads outputs only: free the rest early
         self.test_nets = []
         for i, (t, state) in enumerate(tests):
             log.info("Creating test net (#%d) specified by the solver", i)
-            test_net = CaffeNet(filter_net(t, state), seed=seed, caffe_stream=stream).to(self.device)
+            test_net = CaffeNet(filter_net(t, state), seed=seed, caffe_stream=stream,
+                                 device=self.device).to(self.device)
             test_net.keep_all_blobs = False
             share_trained_layers(test_net, self.net)
             self.test_nets.append(test_net)
