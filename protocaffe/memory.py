@@ -23,8 +23,8 @@ BYTES_PER_VALUE = 4  # Caffe's blobs are float32
 
 def human(n):
     """``n`` bytes in binary units, e.g. ``3.7 GiB``."""
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
             return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
 
@@ -110,6 +110,6 @@ class Budget:
         size = values * BYTES_PER_VALUE
         self.used += size
         if self.limit is not None and self.used > self.limit:
-            raise layer.error(f"{what} need {human(size)}, which brings the net's blobs and parameters "
+            raise layer.error(f"{what}: {human(size)}, which brings the net's blobs and parameters "
                               f"to {human(self.used)}: more than the {human(self.limit)} of memory "
                               f"available on {'the CPU' if self.device.type == 'cpu' else self.device}")

@@ -34,11 +34,20 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 def read_solver_param(path):
     """Read a solver prototxt (a fork's fields by name, its dialect named in the log), upgrade it
-    (solver_type -> type) and check its lr policy's fields."""
+    (solver_type -> type) and check its counts and lr policy's fields (check_solver)."""
     param = fileio.read_text(path, caffe_pb2.SolverParameter)
     param = upgrade_solver(dialects.recognise(param, os.fspath(path)), os.fspath(path))
-    check_policy(param, os.fspath(path))
+    check_solver(param, os.fspath(path))
     return param
+
+
+def check_solver(p, where, warn=True):
+    """iter_size and average_loss at least 1 (the loop divides by both; Caffe checks
+    average_loss), then the lr policy's fields (check_policy)."""
+    for name in ("iter_size", "average_loss"):
+        if getattr(p, name) < 1:
+            raise CaffeError(f"{where}: {name} must be at least 1, found {getattr(p, name)}")
+    check_policy(p, where, warn)
 
 
 def _state(phase, *merge):
@@ -109,15 +118,11 @@ class CaffeSolver:
         p = read_solver_param(param_or_path) if isinstance(param_or_path, (str, os.PathLike)) \
             else param_or_path
         self.param = p
-        for name in ("iter_size", "average_loss"):  # the loop divides by both
-            if getattr(p, name) < 1:
-                where = os.fspath(param_or_path) if isinstance(param_or_path, (str, os.PathLike)) else "the solver"
-                raise CaffeError(f"{where}: {name} must be at least 1, found {getattr(p, name)}")
         if p.type not in RULES:
             raise CaffeError(f"unknown solver type '{p.type}'; known: {', '.join(RULES)}")
         if p.lr_policy not in POLICIES:
             raise CaffeError(f"unknown lr_policy '{p.lr_policy}'; known: {', '.join(POLICIES)}")
-        check_policy(p, "the solver", warn=False)  # read_solver_param warns of unset fields
+        check_solver(p, "the solver", warn=False)  # read_solver_param warns of unset fields
         if p.regularization_type not in ("L1", "L2"):
             raise CaffeError(f"unknown regularization_type '{p.regularization_type}'; use L1 or L2")
         self.rule = RULES[p.type]
