@@ -228,6 +228,14 @@ def dialect_seeds(dialect):
                 _set(message, ext)
         if message.ListFields():
             seeds.setdefault(extendee, []).append(message)
+    layer = caffe_pb2.LayerParameter()                # the forks' fields inside BVLC's parameter messages
+    for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
+        if f.message_type is not None and not f.is_repeated:
+            for ext in pool.FindAllExtensions(f.message_type):
+                if ext.file.name in dialect.proto_files:
+                    _set(getattr(layer, f.name), ext)
+    if layer.ListFields():
+        seeds.setdefault(caffe_pb2.LayerParameter, []).append(layer)
     kinds = [caffe_pb2.NetParameter, caffe_pb2.SolverParameter] + [  # and the fork's own files (label maps)
         message_factory.GetMessageClass(m) for file in dialect.proto_files
         for m in pool.FindFileByName(file).message_types_by_name.values()]
@@ -276,13 +284,26 @@ def test_dialect_seeds_set_every_extension_and_read_back():
     """Each dialect's seeds hold each of its extensions, and its binary seeds (in the fork's own
     numbering) read back equal to the text ones."""
     for key, dialect in DIALECTS.items():
-        declared = {e.full_name for kind in DIALECT_SEEDS[key] for e in
-                    caffe_pb2.DESCRIPTOR.pool.FindAllExtensions(kind.DESCRIPTOR) if e.file.name in dialect.proto_files}
+        if not dialect.proto_files:                   # a fork of layer types only (SegNet's share SSD's...)
+            continue
+        declared = {e.full_name for file in dialect.proto_files
+                    for e in caffe_pb2.DESCRIPTOR.pool.FindFileByName(file).extensions_by_name.values()}
         found = set()
         for kind, seeds in DIALECT_SEEDS[key].items():
             for text, binary in seeds:
                 parsed = fileio.parse_text(text.decode(), kind)
-                found.update(f.full_name for f, _ in parsed.ListFields() if f.is_extension)
+                _extensions_set(parsed, found)
                 moved = wire.renumber(binary, kind.DESCRIPTOR, dialect.moves)
                 assert fileio.parse_binary(moved, kind, "seed") == parsed
-        assert declared and declared <= found
+        assert declared and declared <= found, (key, declared - found)
+
+
+def _extensions_set(message, found):
+    """Full names of the extensions set anywhere in ``message``, added to ``found``."""
+    for f, value in message.ListFields():
+        if f.is_extension:
+            found.add(f.full_name)
+        if f.message_type is not None:
+            for item in (value if f.is_repeated else (value,)):
+                _extensions_set(item, found)
+    return found
