@@ -21,6 +21,8 @@ F32 = np.float32
 CORNER, CENTER_SIZE, CORNER_SIZE = (ssd_pb2.PriorBoxParameter.CORNER, ssd_pb2.PriorBoxParameter.CENTER_SIZE,
                                     ssd_pb2.PriorBoxParameter.CORNER_SIZE)
 BIPARTITE = ssd_pb2.MultiBoxLossParameter.BIPARTITE
+NMS_BLOCK = 256
+"""Candidates whose overlaps nms_fast computes at once."""
 
 
 def sizes(boxes, pixels=False):
@@ -146,15 +148,18 @@ def nms_fast(boxes, scores, score_threshold, nms_threshold, eta=1.0, top_k=-1):
     The top_k scores above ``score_threshold`` are visited by descending score; one is kept
     when its overlap with every box kept so far is at most the threshold. With eta < 1 the
     threshold is multiplied by eta after each kept box while it is above 0.5."""
-    boxes = np.asarray(boxes, F32)
+    order = _ranked(scores, score_threshold, top_k)
+    boxes = np.asarray(boxes, F32)[order]
     kept, limit = [], F32(nms_threshold)
-    for idx in _ranked(scores, score_threshold, top_k):
-        if kept and (jaccard(boxes[idx:idx + 1], boxes[kept])[0] > limit).any():
-            continue
-        kept.append(int(idx))
-        if eta < 1 and limit > 0.5:
-            limit = F32(limit * F32(eta))
-    return kept
+    for start in range(0, len(order), NMS_BLOCK):  # overlaps with the earlier boxes, a block at a time
+        block = jaccard(boxes[start:start + NMS_BLOCK], boxes[:start + NMS_BLOCK])
+        for k, row in enumerate(block, start):
+            if kept and (row[kept] > limit).any():
+                continue
+            kept.append(k)
+            if eta < 1 and limit > 0.5:
+                limit = F32(limit * F32(eta))
+    return [int(order[k]) for k in kept]
 
 
 def nms(boxes, scores, threshold, top_k):
