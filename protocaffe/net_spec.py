@@ -22,6 +22,8 @@ result prints them so.
 """
 from collections import Counter, OrderedDict
 
+from google.protobuf import message_factory
+
 from protocaffe import schema
 from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
@@ -194,15 +196,17 @@ class Layers:
 
 
 class Parameters:
-    """``P.<Type>.<CONSTANT>``: an enum value of ``<Type>Parameter``, e.g. ``P.Pooling.MAX``."""
+    """``P.<Type>.<CONSTANT>``: an enum value of ``<Type>Parameter``, e.g. ``P.Pooling.MAX``;
+    a fork's messages too (``P.PriorBox.CENTER_SIZE``)."""
 
     def __getattr__(self, type_name):
         if type_name.startswith("__"):
             raise AttributeError(type_name)
-        message = getattr(caffe_pb2, type_name + "Parameter", None)
-        if message is None:
-            raise AttributeError(f"caffe.proto has no message {type_name}Parameter")
-        return _Constants(message)
+        try:
+            descriptor = caffe_pb2.DESCRIPTOR.pool.FindMessageTypeByName(f"caffe.{type_name}Parameter")
+        except KeyError:
+            raise AttributeError(f"caffe.proto and the loaded forks have no message {type_name}Parameter") from None
+        return _Constants(message_factory.GetMessageClass(descriptor))
 
 
 class _Constants:

@@ -57,12 +57,15 @@ def test_detection_evaluate_without_its_name_size_file_names_the_layer_and_file(
         netlib.build_net(str(SSD / "runs" / "detection_evaluate_name_size" / "net.prototxt"))
 
 
-def _detection_net(body):
-    return netlib.CaffeNet(parse_text(
-        'layer { name: "in" type: "Input" top: "loc" top: "conf" top: "priors" input_param { '
-        'shape { dim: 1 dim: 8 } shape { dim: 1 dim: 6 } shape { dim: 1 dim: 2 dim: 8 } } } '
-        'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "priors" '
-        f'top: "out" detection_output_param {{ {body} }} }}', caffe_pb2.NetParameter))
+def _layer(type_, bottoms, body):
+    """A net of an Input with the given bottom shapes and one layer 'l' of ``type_``."""
+    names = [f"b{i}" for i in range(len(bottoms))]
+    tops = " ".join(f'top: "{n}"' for n in names)
+    shapes = " ".join("shape { " + " ".join(f"dim: {d}" for d in s) + " }" for s in bottoms)
+    uses = " ".join(f'bottom: "{n}"' for n in names)
+    return netlib.CaffeNet(parse_text(f'layer {{ name: "in" type: "Input" {tops} input_param {{ {shapes} }} }} '
+                                      f'layer {{ name: "l" type: "{type_}" {uses} top: "t" {body} }}',
+                                      caffe_pb2.NetParameter))
 
 
 @pytest.mark.parametrize("body, message", [
@@ -73,5 +76,42 @@ def _detection_net(body):
     ("share_location: true", "needs num_classes"),
 ])
 def test_detection_output_refusals_name_the_layer(body, message):
-    with pytest.raises(CaffeError, match=f"layer 'det' \\(type DetectionOutput\\): .*{message}"):
-        _detection_net(body)
+    with pytest.raises(CaffeError, match=f"layer 'l' \\(type DetectionOutput\\): .*{message}"):
+        _layer("DetectionOutput", [(1, 8), (1, 6), (1, 2, 8)], f"detection_output_param {{ {body} }}")
+
+
+MBOX = [(2, 8), (2, 6), (1, 2, 8), (1, 1, 2, 8)]  # 2 priors, 3 classes
+
+
+@pytest.mark.parametrize("type_, bottoms, body, message", [
+    ("MultiBoxLoss", MBOX, "multibox_loss_param { share_location: false num_classes: 3 }",
+     "negative mining .* needs share_location"),
+    ("MultiBoxLoss", MBOX, "multibox_loss_param { num_classes: 3 background_label_id: 3 }",
+     r"background_label_id 3 must be in \[0, 3\) for SOFTMAX"),
+    ("MultiBoxLoss", MBOX, "multibox_loss_param { code_type: CENTER_SIZE }", "needs num_classes"),
+    ("MultiBoxLoss", MBOX, "multibox_loss_param { num_classes: 4 }", "conf must hold 4 values per prior"),
+    ("MultiBoxLoss", MBOX, "multibox_loss_param { num_classes: 3 map_object_to_agnostic: true }",
+     "map_object_to_agnostic needs num_classes 2"),
+    ("PriorBox", [(1, 1, 2, 2), (1, 1, 8, 8)], "prior_box_param { max_size: 4 }", "positive min_size"),
+    ("PriorBox", [(1, 1, 2, 2), (1, 1, 8, 8)], "prior_box_param { min_size: 4 max_size: 3 }", "must exceed"),
+    ("PriorBox", [(1, 1, 2, 2), (1, 1, 8, 8)], "prior_box_param { min_size: 4 variance: 1 variance: 2 }",
+     "one or four positive variances"),
+    ("PriorBox", [(1, 1, 2, 2), (1, 1, 8, 8)], "prior_box_param { min_size: 4 step: 2 step_h: 2 }",
+     "step or step_h/step_w"),
+    ("Permute", [(1, 2, 3)], "permute_param { order: 3 }", "order 3 is not an axis of a 3-axis bottom"),
+    ("Permute", [(1, 2, 3)], "permute_param { order: 1 order: 1 }", r"order \[1, 1\] repeats an axis"),
+    ("Normalize", [(4,)], "", r"at least 2 axes, found shape \(4,\)"),
+    ("DetectionEvaluate", [(1, 1, 3, 6), (1, 1, 2, 8)], "detection_evaluate_param { num_classes: 2 }",
+     r"detections must have shape \(1, 1, rows, 7\)"),
+])
+def test_setup_refusals_name_the_layer(type_, bottoms, body, message):
+    with pytest.raises(CaffeError, match=f"layer 'l' \\(type {type_}\\): .*{message}"):
+        _layer(type_, bottoms, body)
+
+
+def test_multibox_ground_truth_with_the_background_label_is_an_error():
+    net = _layer("MultiBoxLoss", MBOX, "multibox_loss_param { num_classes: 3 }")
+    priors = torch.tensor([[0.1, 0.1, 0.4, 0.4, 0.5, 0.5, 0.9, 0.9], [0.1] * 8]).reshape(1, 2, 8)
+    gt = torch.tensor([[0, 0, 0, 0.1, 0.1, 0.4, 0.4, 0], [-1] * 8]).reshape(1, 1, 2, 8)
+    with pytest.raises(CaffeError, match="ground truth of image 0 has the background label 0"):
+        net(b0=torch.zeros(2, 8), b1=torch.zeros(2, 6), b2=priors, b3=gt)
