@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN, assert_close
+from conftest import GOLDEN, assert_close, cuda
 from protocaffe import net as netlib
 from protocaffe.errors import CaffeError
 from protocaffe.fileio import parse_text
@@ -115,3 +115,9 @@ def test_multibox_ground_truth_with_the_background_label_is_an_error():
     gt = torch.tensor([[0, 0, 0, 0.1, 0.1, 0.4, 0.4, 0], [-1] * 8]).reshape(1, 1, 2, 8)
     with pytest.raises(CaffeError, match="ground truth of image 0 has the background label 0"):
         net(b0=torch.zeros(2, 8), b1=torch.zeros(2, 6), b2=priors, b3=gt)
+
+
+@cuda
+@pytest.mark.parametrize("case", CASES)
+def test_ssd_golden_case_cuda(case):
+    run_case(f"ssd/{case}", "cuda")
