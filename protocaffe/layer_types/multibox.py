@@ -23,9 +23,10 @@ MultiBox = ssd_pb2.MultiBoxLossParameter
 F32 = np.float32
 
 
-def smooth_l1(d):
-    """0.5 d^2 where |d| < 1, |d| - 0.5 elsewhere; its gradient d, then sign(d)."""
-    return torch.where(d.abs() < 1, 0.5 * d * d, d.abs() - 0.5)
+def smooth_l1(d, sigma2=1.0):
+    """0.5 sigma2 d^2 where |d| < 1 / sigma2, |d| - 0.5 / sigma2 elsewhere; its gradient
+    sigma2 d, then sign(d). The SSD fork's is sigma2 = 1; Faster R-CNN's takes sigma^2."""
+    return torch.where(d.abs() < 1 / sigma2, 0.5 * d * d * sigma2, d.abs() - 0.5 / sigma2)
 
 
 def _on(array, like, dtype=None):
@@ -44,8 +45,8 @@ class SmoothL1Loss(_Loss):
 
     sum(smooth_l1(a - b)) / N; both bottoms get gradients (b's is minus a's). The fork's
     code reads a third bottom (weights) but keeps LossLayer's count of exactly two, so Caffe
-    refuses it. Faster R-CNN's layer of the same name adds a sigma and inside/outside
-    weights; it can extend this class by overriding ``difference`` and ``num_bottoms``.
+    refuses it. Faster R-CNN's layer of the same name (sigma, inside and outside weights as
+    bottoms 3 and 4) extends this class: ``num_bottoms`` (2, 4) and ``elementwise``.
     """
     type = "SmoothL1Loss"
 
@@ -55,12 +56,12 @@ class SmoothL1Loss(_Loss):
         if count(a, 1) != count(b, 1):
             raise self.error(f"bottoms must have the same count per item, found shapes {a} and {b}")
 
-    def difference(self, a, b):
-        """The values the smooth L1 applies to."""
-        return a - b.reshape(a.shape)
+    def elementwise(self, a, b, *weights):
+        """The loss of each element, before the sum over all and the division by N."""
+        return smooth_l1(a - b.reshape(a.shape))
 
-    def forward(self, a, b):
-        return smooth_l1(self.difference(a, b)).sum() / a.shape[0]
+    def forward(self, a, b, *weights):
+        return self.elementwise(a, b, *weights).sum() / a.shape[0]
 
 
 @dataclass
