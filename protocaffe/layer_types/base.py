@@ -101,6 +101,9 @@ class Layer(nn.Module):
     is_loss = False
     #: the tops' first axis depends on the data (Filter): top_shapes gives an upper bound
     batch_from_data = False
+    #: the tops' sizes depend on the data (DetectionOutput's rows): top_shapes gives the
+    #: placeholder shape Caffe's Reshape gives before any data, with the same number of axes
+    shape_from_data = False
 
     def __init__(self, param, bottom_shapes, ctx=None):
         super().__init__()

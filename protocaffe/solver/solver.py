@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from google.protobuf import unknown_fields
 
-from protocaffe import dialects, fileio
+from protocaffe import dialects, fileio, schema
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
 from protocaffe import caffe_random
 from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
+from protocaffe.solver.detection import SCORES
 from protocaffe.solver.policies import POLICIES, check_policy, plateau_observe
 from protocaffe.solver.updates import HISTORY, RULES, regularize
 from protocaffe.speed import Speed
@@ -125,6 +126,8 @@ class CaffeSolver:
         check_solver(p, "the solver", warn=False)  # read_solver_param warns of unset fields
         if p.regularization_type not in ("L1", "L2"):
             raise CaffeError(f"unknown regularization_type '{p.regularization_type}'; use L1 or L2")
+        if schema.get(p, "eval_type") not in SCORES:
+            raise CaffeError(f"unknown eval_type '{schema.get(p, 'eval_type')}'; known: {', '.join(SCORES)}")
         self.rule = RULES[p.type]
         self.device = _device(p, gpu)
         seed = p.random_seed if p.random_seed >= 0 else None
@@ -345,20 +348,20 @@ class CaffeSolver:
                      self.current_step)
 
     def test(self, i):
-        """Run test net i for test_iter batches; log and return each output averaged."""
+        """Run test net i for test_iter batches; log and return each output's score: its
+        average, or with the SSD fork's eval_type "detection" its mean average precision."""
         log.info("Iteration %d, Testing net (#%d)", self.iter, i)
         net, iters = self.test_nets[i], self.param.test_iter[i]
-        sums, loss = None, 0.0
+        score, loss = SCORES[schema.get(self.param, "eval_type")](self.param, iters), 0.0
         with torch.no_grad(), self.speed.autocast(self.device):
             for _ in range(iters):
                 blobs = net()
                 if self.param.test_compute_loss:
                     loss += float(net.loss(blobs))
-                outs = {n: blobs[n].detach().double().cpu().numpy() for n in net.output_names}
-                sums = outs if sums is None else {n: sums[n] + outs[n] for n in outs}
+                score.add({n: blobs[n].detach().double().cpu().numpy() for n in net.output_names})
         if self.param.test_compute_loss:
             log.info("Test loss: %s", g(loss / iters))
-        means = {n: v / iters for n, v in (sums or {}).items()}
+        means = score.result()
         self._log_outputs("Test", net, means)
         return means
 
