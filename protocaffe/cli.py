@@ -31,7 +31,7 @@ COMMANDS = {
     "convert_imageset": "protocaffe.data.convert_imageset",
     "compute_image_mean": "protocaffe.data.compute_image_mean",
     "compute_pca": "protocaffe.data.pca",
-    "make_shapes": "protocaffe.datasets.shapes",
+    "make_shapes": "protocaffe.datasets.make_shapes",
     # the SSD fork's tools
     "convert_annoset": "protocaffe.data.annotated.convert_annoset",
     "create_label_map": "protocaffe.data.annotated.create_label_map",

@@ -18,7 +18,6 @@ import numpy as np
 from tqdm import tqdm
 
 from protocaffe.errors import CaffeError
-from protocaffe.flags import Flags
 from protocaffe.fileio import array_to_datum, write_mean
 
 CLASSES = ["circle", "square", "triangle", "cross", "stripes", "checker"]
@@ -121,24 +120,3 @@ def make_shapes(out, train=3000, val=600, size=64, seed=1):
     write_mean(total / np.float32(train), os.path.join(out, "mean.binaryproto"))
     with open(os.path.join(out, "labels.txt"), "w") as f:
         f.write("".join(f"{i} {name}\n" for i, name in enumerate(CLASSES)))
-
-
-def run(argv):
-    f = Flags("make_shapes", __doc__.splitlines()[0])
-    f.flag("out", "examples/shapes/data", "the folder to write")
-    f.flag("train", 3000, "number of training images")
-    f.flag("val", 600, "number of validation images")
-    f.flag("size", 64, "image width and height")
-    f.flag("seed", 1, "random seed")
-    f.flag("detection", False, "draw the detection set instead: several shapes per image, VOC XML boxes")
-    f.flag("objects", 3, "with --detection, the most shapes in one image")
-    args = f.parse(argv)
-    if args.detection:
-        from protocaffe.datasets.shapes_detection import CLASSES as BOXED, make_shapes_detection
-        make_shapes_detection(args.out, args.train, args.val, args.size, args.seed, args.objects)
-        print(f"Wrote {args.train} train and {args.val} val images of up to {args.objects} shapes "
-              f"({', '.join(BOXED)}) with VOC boxes to {args.out}")
-        return 0
-    make_shapes(args.out, args.train, args.val, args.size, args.seed)
-    print(f"Wrote {args.train} train and {args.val} val images of {len(CLASSES)} classes to {args.out}")
-    return 0
