@@ -105,7 +105,3 @@ def test_time_with_auto_and_forced_bf16(golden_cwd, capsys):
     assert "] Precision bf16: " in err
     assert len(re.findall(r"^W\d{4} .*runs emulated", err, re.M)) == (THIS_CPU == "fp32")
 
-
-def test_unknown_precision_is_one_line(golden_cwd, capsys):
-    assert main(["time", "--model", "solver/mini_caffenet.prototxt", "--precision", "int8"]) == 1
-    assert "precision must be one of fp32, bf16, fp16, auto; found 'int8'" in capsys.readouterr().err
