@@ -239,14 +239,14 @@ class LossScaler:
 
 def matmul_ceiling(device, dtype, size=2048, seconds=0.5):
     """The best GFLOP/s of square matrix products in ``dtype`` on ``device``, measured now for
-    about ``seconds`` (the ceiling that achieved rates are compared with). The products are
-    ``size`` square, halved (down to 256) while one would take longer than ``seconds``: where
-    the dtype is emulated (bf16 on an AVX2 CPU) one 2048-square product takes 90 s."""
-    small = 256
-    probe = _best_product(device, dtype, small, 0.0)
-    while size > small and probe * (size / small) ** 3 > seconds:
-        size //= 2
-    return 2 * size ** 3 / _best_product(device, dtype, size, seconds) / 1e9
+    about ``seconds`` (the ceiling that achieved rates are compared with). The products grow
+    from 256 square to ``size``, doubling while the next one would still take under
+    ``seconds``: where the dtype is emulated (bf16 on an AVX2 CPU) one 2048-square product
+    takes 90 s, and the ceiling is then measured on smaller ones."""
+    n = 256
+    while n < size and _best_product(device, dtype, n, 0.0) * 8 <= seconds:
+        n *= 2
+    return 2 * n ** 3 / _best_product(device, dtype, n, seconds) / 1e9
 
 
 def _best_product(device, dtype, size, seconds):

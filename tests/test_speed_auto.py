@@ -1,6 +1,7 @@
 """--precision auto and the warning for a forced low precision (protocaffe/speed.py): each
 CPU type as a /proc/cpuinfo sample (tests/data/cpuinfo), CUDA devices by compute capability."""
 import re
+import types
 
 import pytest
 import torch
@@ -105,3 +106,27 @@ def test_time_with_auto_and_forced_bf16(golden_cwd, capsys):
     assert "] Precision bf16: " in err
     assert len(re.findall(r"^W\d{4} .*runs emulated", err, re.M)) == (THIS_CPU == "fp32")
 
+
+
+class CudaNetStub:
+    """What Speed.prepare reads of a net, as if the net were on a CUDA device."""
+
+    def __init__(self):
+        self.ctx = types.SimpleNamespace(device=torch.device("cuda", 0))
+        self.layers, self.formats = {}, []
+
+    def to(self, memory_format):
+        self.formats.append(memory_format)
+        return self
+
+
+def test_prepare_on_cuda(monkeypatch):
+    """On a bf16 GPU auto runs bf16, NHWC; fp32 there is IEEE float32: cuDNN's TF32 turned off."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    net, speed = CudaNetStub(), Speed("auto")
+    speed.prepare(net)
+    assert speed.precision == "bf16" and net.formats == [torch.channels_last]
+    assert torch.backends.cudnn.allow_tf32
+    Speed("fp32").prepare(CudaNetStub())
+    assert not torch.backends.cudnn.allow_tf32
