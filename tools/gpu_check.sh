@@ -77,9 +77,9 @@ export PATH="$WORK/bin:$PATH"
 cd "$ROOT" || exit 1
 
 HAS_CUDA=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-GPU=(--gpu 0); BATCH=256; ITERS=10; TRAIN_ARGS=(--gpu 0 --images 2000 --iterations 20 --rounds 2)
+GPU=(--gpu 0); DEVICE=cuda:0; BATCH=256; ITERS=10; TRAIN_ARGS=(--gpu 0 --images 2000 --iterations 20 --rounds 2)
 if [ "$HAS_CUDA" != 1 ] && [ "$REHEARSE" = 1 ]; then
-  GPU=(); BATCH=2; ITERS=1; TRAIN_ARGS=(--images 128 --iterations 2 --rounds 1)
+  GPU=(); DEVICE=cpu; BATCH=2; ITERS=1; TRAIN_ARGS=(--images 128 --iterations 2 --rounds 1)
 fi
 
 # ---- running a step ------------------------------------------------------------------------
@@ -160,6 +160,14 @@ EOF
   protocaffe device_query
 }
 
+nccl_start() {
+  # one rank through protocaffe.distributed: torchrun's variables make `train` join a process
+  # group (NCCL on the GPU, gloo on the CPU) before its solver runs
+  PROTOCAFFE_DIST_TIMEOUT=60 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 \
+    -m protocaffe train --solver "$WORK/shapes_solver.prototxt" "$@" 2>&1 | tee "$WORK/nccl.out"
+  grep -q "Rank 0 of 1, on $DEVICE" "$WORK/nccl.out" && grep -q "Optimization Done" "$WORK/nccl.out"
+}
+
 time_step() {  # time_step NET PRECISION MODE
   local flags=()
   [ "$3" = compile ] && flags=(--compile)
@@ -174,8 +182,8 @@ time_step() {  # time_step NET PRECISION MODE
 
 # ---- the steps -----------------------------------------------------------------------------
 
-export ROOT PYTHON WORK BATCH
-export -f environment prepare
+export ROOT PYTHON WORK BATCH DEVICE
+export -f environment prepare nccl_start
 
 step env 60 0 env_figures environment
 step prepare 120 0 no_figures prepare
@@ -195,8 +203,7 @@ done
 for precision in fp32 bf16; do
   step "train-$precision" 120 1 train_figures "$PYTHON" tools/bench_train.py --precision "$precision" "${TRAIN_ARGS[@]}"
 done
-step nccl 90 1 nccl_figures env PROTOCAFFE_DIST_TIMEOUT=60 "$PYTHON" -m torch.distributed.run --standalone \
-  --nproc_per_node 1 -m protocaffe train --solver "$WORK/shapes_solver.prototxt" "${GPU[@]}"
+step nccl 90 1 nccl_figures nccl_start "${GPU[@]}"
 if [ "$REHEARSE" != 1 ]; then
   # shellcheck disable=SC2086
   step suite 360 1 pytest_figures "$PYTHON" -m pytest -q -p no:cacheprovider ${XDIST:-}
