@@ -154,7 +154,7 @@ def shortfall(precision, device):
         major, minor = torch.cuda.get_device_capability(device)
         low = ".".join(map(str, GPU_MIN_CAPABILITY[precision]))
         return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no "
-                f"{precision} tensor cores (those start at {low}): slower than fp32")
+                f"{precision} tensor cores (they start at {low}): little or nothing gained over fp32")
     return cpu_shortfall(precision, cpu())
 
 

@@ -162,5 +162,6 @@ def test_native_precisions_of_a_cuda_device(fake_machine):
     assert hardware.native_precisions(torch.device("cuda", 0))["bf16"]
     assert not hardware.native_precisions(torch.device("cuda", 1))["bf16"]
     assert hardware.shortfall("bf16", torch.device("cuda", 1)) == (
-        "Tesla T4 (compute capability 7.5) has no bf16 tensor cores (those start at 8.0): slower than fp32")
+        "Tesla T4 (compute capability 7.5) has no bf16 tensor cores (they start at 8.0): little or nothing gained "
+        "over fp32")
     assert hardware.shortfall("fp16", torch.device("cuda", 1)) is None

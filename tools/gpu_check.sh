@@ -67,8 +67,13 @@ RESULTS=()   # one "name|status|seconds|figures" per step
 # ---- the environment: the repository on PYTHONPATH, carried wheels, a `protocaffe` command ----
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$WORK/site" "$ROOT"/.whl/*.whl && export PYTHONPATH="$WORK/site:$PYTHONPATH"
+  if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+       --target "$WORK/site" "$ROOT"/.whl/*.whl >"$WORK/wheels.log" 2>&1; then
+    export PYTHONPATH="$WORK/site:$PYTHONPATH"
+  else
+    echo "[gpu_check] the wheels in .whl do not install here (they are for the GPU image's Python 3.12);" \
+         "going on without them: $(tail -1 "$WORK/wheels.log")" >&2
+  fi
 fi
 mkdir -p "$WORK/bin"
 printf '#!/bin/sh\nexec "%s" -m protocaffe "$@"\n' "$(command -v "$PYTHON")" >"$WORK/bin/protocaffe"
@@ -77,9 +82,10 @@ export PATH="$WORK/bin:$PATH"
 cd "$ROOT" || exit 1
 
 HAS_CUDA=$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-GPU=(--gpu 0); DEVICE=cuda:0; BATCH=256; ITERS=10; TRAIN_ARGS=(--gpu 0 --images 2000 --iterations 20 --rounds 2)
+GPU=(--gpu 0); DEVICE=cuda:0; BATCH=256; ITERS=10; NCCL_ITERS=40
+TRAIN_ARGS=(--gpu 0 --images 2000 --iterations 20 --rounds 2)
 if [ "$HAS_CUDA" != 1 ] && [ "$REHEARSE" = 1 ]; then
-  GPU=(); DEVICE=cpu; BATCH=2; ITERS=1; TRAIN_ARGS=(--images 128 --iterations 2 --rounds 1)
+  GPU=(); DEVICE=cpu; BATCH=2; ITERS=1; NCCL_ITERS=4; TRAIN_ARGS=(--images 128 --iterations 2 --rounds 1)
 fi
 
 # ---- running a step ------------------------------------------------------------------------
@@ -136,8 +142,8 @@ prepare() {
   done
   protocaffe make_shapes --out "$WORK/shapes" --train 512 --val 100 --size 64 || return 1
   sed "s#examples/shapes/data#$WORK/shapes#" examples/shapes/train_val.prototxt >"$WORK/shapes_net.prototxt"
-  sed -e "s#examples/shapes/train_val.prototxt#$WORK/shapes_net.prototxt#" -e 's/^max_iter:.*/max_iter: 40/' \
-      -e 's/^display:.*/display: 20/' -e 's/^test_interval:.*/test_interval: 1000/' \
+  sed -e "s#examples/shapes/train_val.prototxt#$WORK/shapes_net.prototxt#" -e "s/^max_iter:.*/max_iter: $NCCL_ITERS/" \
+      -e "s/^display:.*/display: $((NCCL_ITERS / 2))/" -e 's/^test_interval:.*/test_interval: 1000/' \
       -e 's/^test_iter:.*/test_iter: 1/' -e "s#^snapshot_prefix:.*#snapshot_prefix: \"$WORK/snap\"#" \
       examples/shapes/solver.prototxt >"$WORK/shapes_solver.prototxt"
   printf 'snapshot_after_train: false\ntest_initialization: false\n' >>"$WORK/shapes_solver.prototxt"
@@ -182,7 +188,7 @@ time_step() {  # time_step NET PRECISION MODE
 
 # ---- the steps -----------------------------------------------------------------------------
 
-export ROOT PYTHON WORK BATCH DEVICE
+export ROOT PYTHON WORK BATCH DEVICE NCCL_ITERS
 export -f environment prepare nccl_start
 
 step env 60 0 env_figures environment

@@ -107,7 +107,7 @@ class Blob:
     _gpu_diff_ptr = property(lambda self: self._gpu_ptr("diff"), doc="The device address of ``diff``.")
 
     def _existing(self):
-        """(which, tensor) for the data and the diff, where these exist (none is made)."""
+        """("data", tensor) and ("diff", tensor or None): the tensors as they are, no diff made."""
         return (("data", self._data), ("diff", self._diff))
 
     def _push(self):
