@@ -84,6 +84,10 @@ def decode_datum(raw, source, force_color=False, force_gray=False):
         datum.ParseFromString(raw)
     except Exception:
         raise CaffeError(f"{source}: a record is not a valid Datum ({len(raw)} bytes)") from None
+    if not datum.encoded and datum.channels <= 0:
+        raise CaffeError(f"{source}: a record is not a Datum image: it has {datum.channels} channels "
+                         f"(Caffe needs channels > 0); an LMDB of other records, such as BlobProtos, "
+                         f"is not a data source ({len(raw)} bytes)")
     if datum.encoded and (force_color or force_gray):
         flag = cv2.IMREAD_COLOR if force_color else cv2.IMREAD_GRAYSCALE
         img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)

@@ -151,8 +151,9 @@ class Data(_PrefetchingLayer):
     Tops: data (batch_size, C, crop_size or H, crop_size or W) with C, H, W
     from the first record, and optionally label (batch_size,). Raw and encoded
     Datums (decoded as stored, or with ``force_color``/``force_gray``, which as
-    in Caffe do nothing to raw ones). ``rand_skip`` starts at a random record
-    below it (as Caffe before 1.0; 1.0 ignores it). Only the LMDB backend is
+    in Caffe do nothing to raw ones). ``rand_skip`` is ignored, as Caffe 1.0's
+    DataLayer ignores it (it reads from the first record; the skip went with Caffe's
+    DataReader rewrite, and ImageData still has it). Only the LMDB backend is
     read (Caffe's schema defaults to LEVELDB: prototxts say ``backend: LMDB``).
     """
     type = "Data"
@@ -171,14 +172,8 @@ class Data(_PrefetchingLayer):
             record = peek.next()[1]
             peek.close()
             first, _ = decode_datum(record, dp.source, tp.force_color, tp.force_gray)
-            seed, skip_seed = _seeds(self.ctx.generator, 2)
-            skip = int(np.random.default_rng(skip_seed).integers(dp.rand_skip)) if dp.rand_skip else 0
-            shard = self._shard()
-            if shard[1] > 1 and skip:
-                log.warning("layer '%s': rand_skip is ignored with %d ranks (each reads every %d-th "
-                            "record from the first)", self.name, shard[1], shard[1])
-                skip = 0
-            reader = LmdbReader(dp.source, dp.batch_size, skip, tp.force_color, tp.force_gray, shard)
+            seed, = _seeds(self.ctx.generator, 1)
+            reader = LmdbReader(dp.source, dp.batch_size, 0, tp.force_color, tp.force_gray, self._shard())
         except CaffeError as e:
             raise self.error(str(e)) from None
         if (tp.force_color or tp.force_gray) and not caffe_pb2.Datum.FromString(record).encoded:

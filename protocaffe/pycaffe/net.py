@@ -9,7 +9,7 @@ weight Caffe puts in a loss top's diff) and writes its bottoms' diffs there.
 
 A precision (``Net(..., precision="bf16")`` or caffe.set_precision) applies
 protocaffe.speed's settings: each layer's forward runs under its autocast, and
-blobs computed in bf16 or fp16 read as float32 arrays (protocaffe.pycaffe.blob).
+blobs computed in bf16 or fp16 read as float32 arrays (protocaffe.blob).
 """
 from collections import OrderedDict
 
@@ -18,13 +18,13 @@ import torch
 
 from protocaffe.errors import CaffeError
 from protocaffe.net import build_net
-from protocaffe.pycaffe.blob import Blob, ParamBlob
+from protocaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import caffe_stream, current_device, current_precision, next_seed
 from protocaffe.speed import DEFAULT_PRECISION, Speed
 
 
-class Layer:
-    """pycaffe's view of one layer: ``type``, ``blobs`` (ParamBlobs), ``reshape``.
+class LayerView:
+    """pycaffe's view of one layer (an item of ``net.layers``): ``type``, ``blobs`` (ParamBlobs), ``reshape``.
 
     Other attributes are the underlying module's (``layer.weight``, ``layer.param``).
     """
@@ -94,7 +94,7 @@ class Net:
         self.device = m.ctx.device
         self.blobs = OrderedDict((n, Blob(torch.zeros(s, device=self.device))) for n, s in m.blob_shapes.items())
         mods = [m.layers[s.key] for s in m.plan]
-        self.layers = [Layer(self, i, mod) for i, mod in enumerate(mods)]
+        self.layers = [LayerView(self, i, mod) for i, mod in enumerate(mods)]
         self._layer_names = [mod.name for mod in mods]
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in self.layer_dict.items() if l.blobs)
