@@ -4,6 +4,8 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 
 - ``Net(prototxt, [weights], phase)``, ``TRAIN``, ``TEST``
 - ``set_mode_cpu()``, ``set_mode_gpu()``, ``set_device(i)``
+- ``set_precision("fp32" | "bf16" | "fp16" | "auto")`` (or ``Net(..., precision=...)``):
+  the arithmetic of the nets and solvers made next; blobs stay float32 arrays
 - ``get_solver(path)``, ``SGDSolver(path)`` and the other solver types
 - ``NCCL``, ``set_solver_count``, ``set_solver_rank``: pycaffe's multi-process training
 - ``CaffeNet`` / ``build_net``: the plain ``torch.nn.Module`` underneath
@@ -24,7 +26,7 @@ from protocaffe.proto import caffe_pb2
 from protocaffe.pycaffe import (NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Layer, Net,
                                 NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN, Timer,
                                 get_solver, has_nccl, init_log, layer_type_list, set_device,
-                                set_mode_cpu, set_mode_gpu, set_multiprocess, set_random_seed,
+                                set_mode_cpu, set_mode_gpu, set_multiprocess, set_precision, set_random_seed,
                                 set_solver_count, set_solver_rank, solver_count, solver_rank)
 
 from protocaffe.classifier import Classifier
@@ -36,7 +38,7 @@ own version is ``protocaffe._version.VERSION`` (``protocaffe --version`` prints 
 
 __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",
-    "set_device", "set_mode_cpu", "set_mode_gpu", "get_solver", "SGDSolver", "NesterovSolver",
+    "set_device", "set_mode_cpu", "set_mode_gpu", "set_precision", "get_solver", "SGDSolver", "NesterovSolver",
     "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
     "Layer", "draw", "io", "Classifier", "Detector", "Solver", "Timer", "has_nccl", "init_log",
     "layer_type_list", "set_random_seed", "__version__", "NetSpec", "layers", "params", "to_proto",

@@ -11,11 +11,24 @@ the net copies such host arrays back to the device before its next forward
 or backward (:meth:`Blob._push`), and marks the device newer after it ran
 (:meth:`Blob._device_changed`). So ``blob.data[...] = x`` in GPU mode reaches
 the device, and a held array is refreshed in place when read again.
+
+A blob computed in bf16 or fp16 (caffe.set_precision, or the caller's torch.autocast)
+is kept the same way on the CPU too: its host copy is a float32 array (numpy has no
+bf16), and what the caller writes there is rounded into the tensor before the net runs.
 """
 import numpy as np
 import torch
 
 from protocaffe.errors import CaffeError
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+"""Tensor dtypes shown to the caller as float32 host copies."""
+
+
+def _host(tensor):
+    """A tensor's values as a numpy array on the host, float32 for the low precisions."""
+    t = tensor.detach()
+    return (t.float() if t.dtype in LOW_PRECISION else t).cpu().numpy()
 
 
 class _HostCopy:
@@ -27,9 +40,9 @@ class _HostCopy:
 
     def read(self, tensor):
         if self.array is None or self.array.shape != tuple(tensor.shape):
-            self.array = tensor.detach().cpu().numpy().copy()
+            self.array = _host(tensor).copy()
         elif self.head == "device":
-            np.copyto(self.array, tensor.detach().cpu().numpy())
+            np.copyto(self.array, _host(tensor))
         self.head = "host"
         return self.array
 
@@ -61,12 +74,14 @@ class Blob:
             self._diff = torch.zeros_like(self._data)
         return self._data if which == "data" else self._diff
 
-    def _mirrored(self):
-        return self._data.device.type != "cpu" or Blob.host_copies_on_cpu
+    @staticmethod
+    def _mirrored(tensor):
+        """Whether the caller sees a host copy of ``tensor`` (not a view of it)."""
+        return tensor.device.type != "cpu" or tensor.dtype in LOW_PRECISION or Blob.host_copies_on_cpu
 
     def _array(self, which):
         tensor = self._tensor(which)
-        if not self._mirrored():
+        if not self._mirrored(tensor):
             return tensor.detach().numpy()
         return self._host[which].read(tensor)
 
@@ -94,12 +109,15 @@ class Blob:
                              doc="The device address of ``data`` (an int), for CUDA code outside torch.")
     _gpu_diff_ptr = property(lambda self: self._gpu_ptr("diff"), doc="The device address of ``diff``.")
 
+    def _existing(self):
+        """("data", tensor) and ("diff", tensor or None): the tensors as they are, no diff made."""
+        return (("data", self._data), ("diff", self._diff))
+
     def _push(self):
         """Copy host arrays written since the last sync to the device (before the net runs)."""
-        if self._mirrored():
-            self._host["data"].push(self._data)
-            if self._diff is not None:
-                self._host["diff"].push(self._diff)
+        for which, tensor in self._existing():
+            if tensor is not None and self._mirrored(tensor):
+                self._host[which].push(tensor)
 
     def _device_changed(self):
         for host in self._host.values():
@@ -169,11 +187,8 @@ class ParamBlob(Blob):
     def _tensor(self, which):
         return self._data if which == "data" else self._diff
 
-    def _push(self):
-        if self._mirrored():
-            self._host["data"].push(self._data)
-            if self._data.grad is not None:
-                self._host["diff"].push(self._data.grad)
+    def _existing(self):
+        return (("data", self._data), ("diff", self._data.grad))
 
     def reshape(self, *shape):
         raise CaffeError(f"parameter {self._name} of layer '{self._layer.name}' keeps its shape "

@@ -8,14 +8,19 @@
     if speed.unscale(params):           # fp16: grads unscaled; False when they overflowed
         ...Caffe's update, in float32...
 
-Precision: ``fp32`` is Caffe's arithmetic and changes nothing. ``bf16`` and ``fp16``
+Precision: ``fp32`` is Caffe's arithmetic and changes nothing (on CUDA it turns cuDNN's
+TF32 convolutions off: the golden fixtures are IEEE float32). ``bf16`` and ``fp16``
 run under ``torch.autocast``: convolutions and matrix products take the low precision,
 weights stay float32 (autocast casts a copy), so gradients, solver history and
 updates are float32 and Caffe's update rules run unchanged. Layers whose numerics
 need float32 run outside autocast on float32 inputs (:data:`FP32_TYPES` and every
 loss layer): softmax, LRN's power, BatchNorm's statistics, MVN. fp16 scales the loss
 as ``torch.amp.GradScaler`` does (same kernels and defaults) but leaves the update
-to the solver; an overflowing step is skipped, as GradScaler skips it.
+to the solver; an overflowing step is skipped, as GradScaler skips it. ``auto`` is settled
+per device when the settings are applied (:meth:`Speed.resolve`): bf16 where the device
+computes it natively (protocaffe/hardware.py: AMX or AVX512-BF16 CPUs, CUDA from compute
+capability 8.0), fp32 elsewhere. A forced bf16 or fp16 that the device would emulate runs,
+with a warning (once) that names what is missing and what it costs.
 
 Layout: ``channels_last`` (NHWC) stores 4-d weights, and so the convolutions' outputs,
 channels last. By default (``None``) it is on CUDA only (tensor-core convolutions run
@@ -25,16 +30,19 @@ Compilation: ``compile`` runs the net through ``torch.compile`` (inductor fuses 
 elementwise tails: ReLU, LRN, pooling, dropout); ``cuda_graphs`` compiles in
 ``reduce-overhead`` mode, which replays the step as CUDA graphs (CUDA only).
 """
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from protocaffe import hardware
 from protocaffe.errors import CaffeError
+from protocaffe.log import LOGGER as log
 from protocaffe.proto import caffe_pb2
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,10 +51,20 @@ FP32_TYPES = {"Softmax", "LRN", "BatchNorm", "MVN", "Accuracy"}
 DEFAULT_PRECISION = caffe_pb2.SolverParameter.DESCRIPTOR.fields_by_name["precision"].default_value
 
 
+CHOICES = (*PRECISIONS, "auto")
+
+
 def check_precision(value):
-    if value not in PRECISIONS:
-        raise CaffeError(f"precision must be one of {', '.join(PRECISIONS)}; found '{value}'")
+    if value not in CHOICES:
+        raise CaffeError(f"precision must be one of {', '.join(CHOICES)}; found '{value}'")
     return value
+
+
+@functools.cache
+def warn_emulated(precision, device, reason):
+    """Warn, once per process for each precision and device, that ``device`` emulates ``precision``."""
+    log.warning("precision %s on %s runs emulated: %s. --precision auto runs fp32 here.",
+                precision, device, reason)
 
 
 @dataclass
@@ -55,12 +73,29 @@ class Speed:
     channels_last: bool = None
     compile: bool = False
     cuda_graphs: bool = False
+    resolved_for: torch.device = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         check_precision(self.precision)
 
+    def resolve(self, device):
+        """Settle ``auto`` for ``device`` (bf16 where native, else fp32) and warn of a forced
+        low precision that ``device`` emulates; applying the settings does this first."""
+        if self.resolved_for == device:
+            return self
+        self.resolved_for = device
+        if self.precision == "auto":
+            self.precision = hardware.auto_precision(hardware.native_precisions(device))
+            log.info("Precision auto on %s: %s", device, self.precision)
+        elif self.reduced:
+            reason = hardware.shortfall(self.precision, device)
+            if reason:
+                warn_emulated(self.precision, str(device), reason)
+        return self
+
     @property
     def dtype(self):
+        """The torch dtype of the precision (once :meth:`resolve` has settled ``auto``)."""
         return PRECISIONS[self.precision]
 
     @property
@@ -76,8 +111,11 @@ class Speed:
         """Apply the settings to ``net`` (already on its device); ``layers`` compiles each layer
         on its own (``protocaffe time``'s layer-by-layer runs) instead of the whole net."""
         device = net.ctx.device
+        self.resolve(device)
         if device.type == "cpu":
             keep_freed_memory()
+        if device.type == "cuda" and not self.reduced:
+            torch.backends.cudnn.allow_tf32 = False
         if self.cuda_graphs and device.type != "cuda":
             raise CaffeError("--cuda_graphs needs a CUDA device (--gpu N)")
         if self.use_channels_last(device):
@@ -96,8 +134,10 @@ class Speed:
         return net
 
     def autocast(self, device):
-        """The forward's autocast context for a net on ``device`` (does nothing in fp32)."""
-        return torch.autocast(device.type, dtype=self.dtype, enabled=self.reduced)
+        """The forward's autocast context for a net on ``device`` (none in fp32)."""
+        if not self.resolve(device).reduced:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
 
     def backward(self, loss):
         (loss if self.scaler is None else self.scaler.scaled(loss)).backward()
@@ -198,8 +238,19 @@ class LossScaler:
 
 
 def matmul_ceiling(device, dtype, size=2048, seconds=0.5):
-    """The best GFLOP/s of ``size``-square matrix products in ``dtype`` on ``device``, measured
-    now for about ``seconds`` (the ceiling that achieved rates are compared with)."""
+    """The best GFLOP/s of square matrix products in ``dtype`` on ``device``, measured now for
+    about ``seconds`` (the ceiling that achieved rates are compared with). The products grow
+    from 256 square to ``size``, doubling while the next one would still take under
+    ``seconds``: where the dtype is emulated (bf16 on an AVX2 CPU) one 2048-square product
+    takes 90 s, and the ceiling is then measured on smaller ones."""
+    n = 256
+    while n < size and _best_product(device, dtype, n, 0.0) * 8 <= seconds:
+        n *= 2
+    return 2 * n ** 3 / _best_product(device, dtype, n, seconds) / 1e9
+
+
+def _best_product(device, dtype, size, seconds):
+    """The fastest of ``size``-square products timed for about ``seconds`` (at least one)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     best, spent = float("inf"), 0.0
@@ -210,7 +261,7 @@ def matmul_ceiling(device, dtype, size=2048, seconds=0.5):
         _sync(device)
         lap = time.perf_counter() - start
         best, spent = min(best, lap), spent + lap
-    return 2 * size ** 3 / best / 1e9
+    return best
 
 
 def _sync(device):

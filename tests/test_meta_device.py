@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import GOLDEN
 from protocaffe import net as netlib
 from protocaffe.proto import caffe_pb2
+from protocaffe.speed import Speed
 
 LAYER_CASES = sorted(p.name for p in (GOLDEN / "layers").iterdir())
 NETS = {"alexnet": "slim_alexnet_deploy.prototxt", "caffenet": "slim_caffenet_deploy.prototxt"}
@@ -83,3 +84,19 @@ def test_random_layers_draw_on_the_device():
     param = text_format.Parse(RANDOM_NET, caffe_pb2.NetParameter())
     net = netlib.build_net(param, caffe_pb2.TRAIN, seed=3)
     assert run_on_meta(net, {}) == []
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_precision_auto_on_meta(name):
+    """--precision auto settles per device: on one it knows nothing of (meta, as any device
+    that is neither the CPU nor CUDA) it runs fp32, and settling it makes no CPU tensor."""
+    net = netlib.build_net(str(GOLDEN / "nets" / NETS[name]), caffe_pb2.TEST).to("meta")
+    speed = Speed("auto")
+    data = torch.empty(net.blob_shapes["data"], device="meta").requires_grad_(True)
+    with CpuTensors() as watch:
+        speed.prepare(net)
+        with speed.autocast(net.ctx.device):
+            blobs = net(data=data)
+        blobs["prob"].sum().backward()
+    assert speed.precision == "fp32" and watch.ops == []
+    assert blobs["prob"].device.type == "meta" and data.grad.device.type == "meta"

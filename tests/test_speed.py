@@ -269,7 +269,7 @@ def test_time_reports_rates_in_bf16(capsys):
 def test_bad_precision_and_cpu_cuda_graphs_are_one_line_errors(capsys):
     model = str(NETS / "slim_caffenet_deploy.prototxt")
     assert main(["time", "--model", model, "--precision", "fp64"]) == 1
-    assert "precision must be one of fp32, bf16, fp16; found 'fp64'" in capsys.readouterr().err
+    assert "precision must be one of fp32, bf16, fp16, auto; found 'fp64'" in capsys.readouterr().err
     assert main(["time", "--model", model, "--cuda_graphs"]) == 1
     assert "--cuda_graphs needs a CUDA device" in capsys.readouterr().err
 

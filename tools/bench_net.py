@@ -171,8 +171,9 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
     for device in devices:
-        ceilings = {p: matmul_ceiling(device, Speed(p).dtype, seconds=2.0) for p in args.precisions.split(",")}
-        print(f"{device.type} matrix-multiply ceiling (2048^2): "
+        ceilings = {p: matmul_ceiling(device, Speed(p).resolve(device).dtype, seconds=2.0)
+                    for p in args.precisions.split(",")}
+        print(f"{device.type} matrix-multiply ceiling: "
               + ", ".join(f"{p} {c:.1f} GFLOP/s" for p, c in ceilings.items()))
         print(f"{'dev':5} {'batch':>5} {'prec':5} {'net':28} {'fb ms':>9} {'img/s':>9} {'GFLOP/s':>8} {'ceil':>7}")
         for batch in (int(b) for b in args.batches.split(",")):

@@ -80,7 +80,8 @@ def phase(args, default):
 
 def add_speed_flags(f, precision=DEFAULT_PRECISION):
     """--precision, --compile and --cuda_graphs (protocaffe/speed.py)."""
-    f.flag("precision", precision, "arithmetic of forward and backward: fp32 (Caffe's), bf16 or fp16"
+    f.flag("precision", precision, "arithmetic of forward and backward: fp32 (Caffe's), bf16, fp16, or "
+           "auto (bf16 where the device computes it natively, else fp32)"
            + ("; empty for the solver's precision field" if not precision else ""))
     f.flag("compile", False, "run the net through torch.compile")
     f.flag("cuda_graphs", False, "replay the compiled step as CUDA graphs (CUDA only)")

@@ -81,11 +81,9 @@ class LayerBlob(ParamBlob):
     def _diff(self):
         return ParamBlob._diff.fget(self) if self.grad is None else self.grad
 
-    def _push(self):
-        if self._mirrored():
-            self._host["data"].push(self._data)
-            if self._host["diff"].head == "host":
-                self._host["diff"].push(self._diff)
+    def _existing(self):
+        written = self._host["diff"].head == "host"  # else no diff is made just to be pushed
+        return (("data", self._data), ("diff", self._diff if written else None))
 
 
 class _CaffeAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -17,7 +17,7 @@ from protocaffe.layer_types import LAYERS
 from protocaffe.proto import caffe_pb2
 from protocaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import (Timer, current_device, has_nccl, init_log, log, set_device, set_mode_cpu,
-                                     set_mode_gpu, set_random_seed)
+                                     set_mode_gpu, set_precision, set_random_seed)
 from protocaffe.pycaffe.layer import Layer
 from protocaffe.pycaffe.net import LayerView, Net
 from protocaffe.pycaffe.parallel import (NCCL, set_multiprocess, set_solver_count, set_solver_rank, solver_count,
@@ -36,7 +36,7 @@ def layer_type_list():
 
 __all__ = ["Blob", "ParamBlob", "Layer", "LayerView", "Net", "Solver", "TRAIN", "TEST", "Timer", "current_device",
            "has_nccl", "init_log", "log",
-           "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "layer_type_list",
+           "set_device", "set_mode_cpu", "set_mode_gpu", "set_precision", "set_random_seed", "layer_type_list",
            "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
            "AdaDeltaSolver", "AdamSolver", "NCCL", "set_multiprocess", "set_solver_count",
            "set_solver_rank", "solver_count", "solver_rank"]

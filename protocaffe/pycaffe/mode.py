@@ -1,4 +1,4 @@
-"""pycaffe's global settings (CPU or GPU mode, the device, the random seed), its log and Timer."""
+"""pycaffe's global settings (CPU or GPU mode, the device, the precision, the random seed), its log and Timer."""
 import time
 
 import torch
@@ -7,8 +7,9 @@ import torch.distributed
 from protocaffe import caffe_random, log as logs
 
 from protocaffe.errors import CaffeError
+from protocaffe.speed import check_precision
 
-_MODE = {"device": torch.device("cpu"), "gpu_id": 0, "seeds": None, "stream": None}
+_MODE = {"device": torch.device("cpu"), "gpu_id": 0, "seeds": None, "stream": None, "precision": None}
 
 
 def set_mode_cpu():
@@ -32,6 +33,19 @@ def set_device(device_id):
 
 def current_device():
     return _MODE["device"]
+
+
+def set_precision(precision):
+    """The arithmetic of the nets and solvers made from now on: "fp32" (Caffe's), "bf16", "fp16"
+    or "auto" (bf16 where the device computes it natively, else fp32); protocaffe.speed. It
+    overrides a solver's ``precision`` field as set_mode_* override its ``solver_mode``.
+    Blobs stay float32 arrays to the caller whatever the precision."""
+    _MODE["precision"] = check_precision(precision)
+
+
+def current_precision():
+    """The precision set_precision chose, or None (then a Net computes in fp32, a solver in its own)."""
+    return _MODE["precision"]
 
 
 def set_random_seed(seed):

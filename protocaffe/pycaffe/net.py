@@ -6,6 +6,10 @@ every blob has its data and its diff. Each layer's bottoms enter it as fresh
 autograd leaves, so backward through one layer reads its tops' diffs from
 the blobs (whatever wrote them: the layer above, the caller, or the loss
 weight Caffe puts in a loss top's diff) and writes its bottoms' diffs there.
+
+A precision (``Net(..., precision="bf16")`` or caffe.set_precision) applies
+protocaffe.speed's settings: each layer's forward runs under its autocast, and
+blobs computed in bf16 or fp16 read as float32 arrays (protocaffe.blob).
 """
 from collections import OrderedDict
 
@@ -15,7 +19,8 @@ import torch
 from protocaffe.errors import CaffeError
 from protocaffe.net import build_net
 from protocaffe.blob import Blob, ParamBlob
-from protocaffe.pycaffe.mode import caffe_stream, current_device, next_seed
+from protocaffe.pycaffe.mode import caffe_stream, current_device, current_precision, next_seed
+from protocaffe.speed import DEFAULT_PRECISION, Speed
 
 
 class LayerView:
@@ -60,23 +65,30 @@ def _index(names, name, what):
 
 
 class Net:
-    """A Caffe net with pycaffe's interface. ``Net(prototxt, [weights], phase, level=0, stages=())``."""
+    """A Caffe net with pycaffe's interface. ``Net(prototxt, [weights], phase, level=0, stages=(),
+    precision=None)``; ``precision`` is "fp32", "bf16", "fp16" or "auto", by default
+    caffe.set_precision's choice, else fp32."""
 
-    def __init__(self, network_file, *args, weights=None, phase=None, level=None, stages=(), seed=None):
+    def __init__(self, network_file, *args, weights=None, phase=None, level=None, stages=(), seed=None,
+                 precision=None):
         weights, phase = _parse_net_args(args, weights, phase)
         stream = caffe_stream() if seed is None else None  # after set_random_seed: Caffe's draws, in turn
         seed = next_seed() if seed is None else seed
-        self._attach(build_net(network_file, phase, level=level, stages=stages, weights=weights,
-                               seed=seed, device=current_device(), caffe_stream=stream))
+        speed = Speed(precision or current_precision() or DEFAULT_PRECISION, channels_last=False)
+        module = build_net(network_file, phase, level=level, stages=stages, weights=weights,
+                           seed=seed, device=current_device(), caffe_stream=stream)
+        self._attach(speed.prepare(module), speed)
 
     @classmethod
-    def wrap(cls, module):
-        """A pycaffe Net over an existing CaffeNet (a solver's), sharing its tensors."""
+    def wrap(cls, module, speed=None):
+        """A pycaffe Net over an existing CaffeNet (a solver's), sharing its tensors; ``speed``
+        the settings ``module`` was prepared with (its forwards run under their autocast)."""
         net = cls.__new__(cls)
-        net._attach(module)
+        net._attach(module, speed or Speed(DEFAULT_PRECISION))
         return net
 
-    def _attach(self, module):
+    def _attach(self, module, speed):
+        self.speed = speed
         self.module = m = module
         m.keep_all_blobs = True
         self.device = m.ctx.device
@@ -147,7 +159,8 @@ class Net:
                 continue
             bottoms = [self._leaf(b, force) for b in step.bottoms]
             self._call("before_forward", i)
-            out = self.layers[i]._module(*bottoms)
+            with self.speed.autocast(self.device):
+                out = self.layers[i]._module(*bottoms)
             out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             self._records[i] = (bottoms, out)
             for name, t in zip(step.tops, out):

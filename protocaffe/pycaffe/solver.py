@@ -8,7 +8,7 @@ with the current weights. The loop itself is :class:`protocaffe.solver.CaffeSolv
 from protocaffe import solver as _solvers
 from protocaffe.distributed import solver_rank
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe.mode import current_device
+from protocaffe.pycaffe.mode import current_device, current_precision
 from protocaffe.pycaffe.net import Net
 
 
@@ -20,8 +20,8 @@ class Solver:
     def __init__(self, solver):
         self.solver = solver
         solver.root = solver_rank() == 0  # Caffe's root_solver(): only it tests, displays, snapshots
-        self.net = Net.wrap(solver.net)
-        self.test_nets = [Net.wrap(t) for t in solver.test_nets]
+        self.net = Net.wrap(solver.net, solver.speed)
+        self.test_nets = [Net.wrap(t, solver.speed) for t in solver.test_nets]
         for net in [self.net] + self.test_nets:
             net.module.register_forward_hook(_keep_blobs(net))
         self._callbacks = []
@@ -103,8 +103,11 @@ def _keep_blobs(net):
 
 def _param(path):
     """The solver prototxt with solver_mode and device set from pycaffe's mode, as Caffe::mode()
-    rules, and the random seed offset by the solver rank, as Caffe's Solver::Init does."""
+    rules, the precision from set_precision where it was called, and the random seed offset
+    by the solver rank, as Caffe's Solver::Init does."""
     p = _solvers.read_solver_param(path)
+    if current_precision():
+        p.precision = current_precision()
     if p.random_seed >= 0:
         p.random_seed += solver_rank()
     device = current_device()
