@@ -8,7 +8,14 @@ the net copies such host arrays back to the device before its next forward
 or backward (:meth:`Blob._push`), and marks the device newer after it ran
 (:meth:`Blob._device_changed`). So ``blob.data[...] = x`` in GPU mode reaches
 the device, and a held array is refreshed in place when read again.
+
+After the net's fast forward (protocaffe.deploy) a blob the fast path did not keep
+is *pending*: reading its data first has the net compute it (``Blob._pending``).
+A parameter blob remembers that its data was handed out, and whether the array is
+still held, so that the net refolds the weights the caller may have written.
 """
+import weakref
+
 import numpy as np
 import torch
 
@@ -31,11 +38,14 @@ class _HostCopy:
         return self.array
 
     def push(self, tensor):
+        """Copy the host array to the device if it may be newer; returns whether it did."""
         if self.head == "host" and self.array.shape == tuple(tensor.shape):
             # through .data: autograd's version counter is left alone, so a layer's backward
             # uses the values written (Caffe's semantics) instead of refusing to run
             tensor.data.copy_(torch.from_numpy(self.array))
             self.head = "synced"
+            return True
+        return False
 
     def device_changed(self):
         if self.array is not None:
@@ -52,8 +62,11 @@ class Blob:
         self._data = data
         self._diff = diff
         self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+        self._pending = None
 
     def _tensor(self, which):
+        if which == "data" and self._pending is not None:
+            self._pending(self)
         if which == "diff" and self._diff is None:
             self._diff = torch.zeros_like(self._data)
         return self._data if which == "data" else self._diff
@@ -151,6 +164,21 @@ class ParamBlob(Blob):
     def __init__(self, layer, name):
         self._layer, self._name = layer, name
         self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+        self._pending = None
+        self._handed, self._written = None, False
+
+    def _array(self, which):
+        arr = super()._array(which)
+        if which == "data" and not self._mirrored():  # a view: the caller's writes land unseen
+            self._handed, self._written = weakref.ref(arr), True
+        return arr
+
+    def _may_have_changed(self):
+        """Whether the caller may have written the data since the last call: its array was
+        handed out since, is still held (a view on the CPU), or was pushed to the device."""
+        held = self._handed is not None and self._handed() is not None
+        changed, self._written = self._written or held, False
+        return changed
 
     @property
     def _data(self):
@@ -168,7 +196,7 @@ class ParamBlob(Blob):
 
     def _push(self):
         if self._mirrored():
-            self._host["data"].push(self._data)
+            self._written |= self._host["data"].push(self._data)
             if self._data.grad is not None:
                 self._host["diff"].push(self._data.grad)
 
