@@ -79,42 +79,43 @@ class FusedConv(torch.nn.Module):
         return folding.ABSORBERS[head.type](head, scale, shift)
 
     def pack(self, settings):
+        """Fold; under ``settings.prepack`` a 2-d convolution on the CPU runs in oneDNN, its
+        weights reordered (on the first call for each input shape: oneDNN's layout depends on it)."""
         self._stamp = self.stamp()
-        weight, bias = self.fold()
+        self.weight, self.bias = self.fold()
         head = self.head
         self.mkldnn = (settings.prepack and head.type == "Convolution" and len(head.kernel) == 2
-                       and weight.dtype == torch.float32 and mkldnn_prepacks(weight.device))
-        if self.mkldnn:
-            self.weight = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, list(head.pad), list(head.stride), list(head.dilation), head.group)
-            self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
-        elif settings.channels_last and weight.dim() == 4:
-            self.weight = weight.contiguous(memory_format=torch.channels_last)
-        else:
-            self.weight = weight
-        self.bias = bias
+                       and self.weight.dtype == torch.float32 and mkldnn_prepacks(self.weight.device))
+        self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
+        self.packed = None
+        if not self.mkldnn and settings.channels_last and self.weight.dim() == 4:
+            self.weight = self.weight.contiguous(memory_format=torch.channels_last)
 
     def stale(self):
         return self._stamp != self.stamp()
 
     def forward(self, x, other=None):
-        head = self.head
         if self.mkldnn:
-            extra = head.overhang(*x.shape[2:])  # Caffe's zeros past the end for a window larger than the input
-            if any(extra):
-                x = F.pad(x, (0, extra[1], 0, extra[0]))
-            args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
-            attr, scalars = self.attr
-            if other is None:
-                return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *args, attr, scalars, "")
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, self.weight, self.bias, *args, "add", None,
-                None if attr == "none" else attr, scalars, "")
+            return self._mkldnn(x, other)
         params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
-        y = functional_call(head, params, (x,))
+        y = functional_call(self.head, params, (x,))
         if other is not None:
             y = y + other
         return y if self.act is None else self.act(y)
+
+    def _mkldnn(self, x, other):
+        head = self.head
+        extra = head.overhang(*x.shape[2:])  # Caffe's zeros past the end for a window larger than the input
+        if any(extra):
+            x = F.pad(x, (0, extra[1], 0, extra[0]))
+        args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
+        if self.packed is None or self.packed[0] != x.shape:
+            self.packed = x.shape, torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
+        weight, (attr, scalars) = self.packed[1], self.attr
+        if other is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, attr, scalars, "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, weight, self.bias, *args, "add", None, None if attr == "none" else attr, scalars, "")
 
 
 class FusedAffine(torch.nn.Module):
