@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from protocaffe import folding
+from protocaffe import folding, winograd
 from protocaffe.deploy_settings import choose, mkldnn_prepacks
 from protocaffe.proto import caffe_pb2
 
@@ -79,12 +79,16 @@ class FusedConv(torch.nn.Module):
         return folding.ABSORBERS[head.type](head, scale, shift)
 
     def pack(self, settings):
-        """Fold; under ``settings.prepack`` a 2-d convolution on the CPU runs in oneDNN, its
-        weights reordered (on the first call for each input shape: oneDNN's layout depends on it)."""
+        """Fold, and get ready to run as ``settings`` say: a 3x3 convolution by Winograd's
+        algorithm where they name it, else under ``settings.prepack`` a 2-d convolution on the
+        CPU in oneDNN, its weights reordered (on the first call for each input shape: oneDNN's
+        layout depends on it), else as the layer computes it."""
         self._stamp = self.stamp()
         self.weight, self.bias = self.fold()
         head = self.head
-        self.mkldnn = (settings.prepack and head.type == "Convolution" and len(head.kernel) == 2
+        block = settings.block(self.name) if winograd.fits(head) else 0
+        self.winograd = winograd.Winograd(self.weight, head.pad, block) if block else None
+        self.mkldnn = (not block and settings.prepack and head.type == "Convolution" and len(head.kernel) == 2
                        and self.weight.dtype == torch.float32 and mkldnn_prepacks(self.weight.device))
         self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
         self.packed = None
@@ -97,8 +101,13 @@ class FusedConv(torch.nn.Module):
     def forward(self, x, other=None):
         if self.mkldnn:
             return self._mkldnn(x, other)
-        params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
-        y = functional_call(self.head, params, (x,))
+        if self.winograd is not None:
+            y = self.winograd(x)
+            if self.bias is not None:
+                y = y + self.bias.view(1, -1, 1, 1)
+        else:
+            params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
+            y = functional_call(self.head, params, (x,))
         if other is not None:
             y = y + other
         return y if self.act is None else self.act(y)
@@ -284,14 +293,18 @@ class DeployedNet:
         return blobs
 
     @torch.no_grad()
-    def body(self, blobs, settings=None):
-        """Every op but the sources, from ``blobs``; returns the kept blobs (dense NCHW)."""
+    def body(self, blobs, settings=None, record=None):
+        """Every op but the sources, from ``blobs``; returns the kept blobs (dense NCHW). With a
+        dict ``record``, the bottoms each FusedConv reads are stored there under it."""
         settings = settings or self.settings
         self.refresh(settings)
         blobs = {n: self._layout(t, settings) for n, t in blobs.items()}
         for op in self.ops:
             if not op.source:
-                out = op.module(*[blobs[b] for b in op.bottoms])
+                bottoms = [blobs[b] for b in op.bottoms]
+                if record is not None and isinstance(op.module, FusedConv):
+                    record[op.module] = bottoms
+                out = op.module(*bottoms)
                 blobs.update(zip(op.tops, (out,) if isinstance(out, torch.Tensor) else out))
             for name in op.release:
                 del blobs[name]

@@ -14,10 +14,11 @@ import platform
 import time
 from pathlib import Path
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from protocaffe import winograd
 from protocaffe.log import LOGGER as log
 
 ROUNDS = 3
@@ -25,9 +26,15 @@ ROUNDS = 3
 
 @dataclass(frozen=True)
 class Settings:
-    """How a deployed net runs: activations channels-last, convolution weights prepacked."""
+    """How a deployed net runs: activations channels-last, convolution weights prepacked,
+    and the 3x3 convolutions run by Winograd's F(m x m, 3 x 3): (layer name, m) pairs."""
     channels_last: bool = False
     prepack: bool = False
+    winograd: tuple = ()
+
+    def block(self, name):
+        """The Winograd block size m for layer ``name``, 0 for a direct convolution."""
+        return dict(self.winograd).get(name, 0)
 
 
 def mkldnn_prepacks(device):
@@ -102,24 +109,54 @@ def measure(deployed, blobs, settings, rounds=ROUNDS):
     return best
 
 
+def winograd_blocks(deployed, blobs, settings, rounds=ROUNDS):
+    """The (layer name, m) pairs, among the 3x3 convolutions Winograd's F(m x m, 3 x 3) can run,
+    where it is faster on this machine than the direct convolution, each timed on its own input."""
+    inputs = {}
+    deployed.body(dict(blobs), settings, record=inputs)
+    chosen = []
+    for module, bottoms in inputs.items():
+        if not winograd.fits(module.head):
+            continue
+        best = {}
+        for m in (0,) + tuple(winograd.TRANSFORMS):
+            module.pack(replace(settings, winograd=((module.name, m),)))
+            best[m] = min(_timed(module, bottoms) for _ in range(rounds + 1))
+        if min(best, key=best.get):
+            chosen.append((module.name, min(best, key=best.get)))
+    return tuple(chosen)
+
+
+def _timed(module, bottoms):
+    start = time.perf_counter()
+    with torch.no_grad():
+        module(*bottoms)
+    return (time.perf_counter() - start) * 1000
+
+
 def choose(deployed, blobs):
     """The settings for ``deployed`` on this machine: cached, or measured now and cached."""
     device = next(iter(blobs.values())).device if blobs else torch.device("cpu")
-    cands = candidates(device)
-    if len(cands) == 1:
-        return cands[0]
     path, where = cache_file(), machine(device)
     key = f"{where} | {_net_key(deployed, blobs)}"
     table = _read(path)
     if key in table:
-        return Settings(**table[key]["settings"])
-    times = measure(deployed, blobs, cands)
+        found = table[key]["settings"]
+        return Settings(found["channels_last"], found["prepack"], tuple(map(tuple, found["winograd"])))
+    start = time.perf_counter()
+    cands = candidates(device)
+    times = measure(deployed, blobs, cands) if len(cands) > 1 else {cands[0]: float("nan")}
     chosen = min(times, key=times.get)
-    log.info("Deployed net %s on %s: channels_last %s, prepacked weights %s (measured %s)",
-             deployed.net.param.name or "", where, chosen.channels_last, chosen.prepack,
+    if device.type == "cpu":
+        chosen = replace(chosen, winograd=winograd_blocks(deployed, blobs, chosen))
+    log.info("Deployed net %s on %s: channels_last %s, prepacked weights %s, Winograd in %d of its "
+             "3x3 convolutions (measured in %.1f s: %s)", deployed.net.param.name or "", where,
+             chosen.channels_last, chosen.prepack, len(chosen.winograd), time.perf_counter() - start,
              ", ".join(f"{_label(s)} {ms:.3g} ms" for s, ms in times.items()))
     table = _read(path)
-    table[key] = {"settings": vars(chosen), "ms": {_label(s): ms for s, ms in times.items()}}
+    table[key] = {"settings": {"channels_last": chosen.channels_last, "prepack": chosen.prepack,
+                               "winograd": chosen.winograd},
+                  "ms": {_label(s): ms for s, ms in times.items()}}
     _write(path, table)
     return chosen
 

@@ -309,10 +309,10 @@ class CaffeNet(nn.Module):
         return self.run(inputs)[0]
 
     def deployable(self):
-        """Whether ``forward`` takes the fast path: eval mode, no autograd, no autocast, not
-        being compiled (the fast path computes in float32 outside autograd)."""
-        return not (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
-                    or torch.is_autocast_enabled(self.ctx.device.type))
+        """Whether ``forward`` takes the fast path: a TEST net in eval mode, no autograd, no
+        autocast, not being compiled (the fast path computes in float32 outside autograd)."""
+        return not (self.phase != caffe_pb2.TEST or self.training or torch.is_grad_enabled()
+                    or torch.compiler.is_compiling() or torch.is_autocast_enabled(self.ctx.device.type))
 
     def deployed(self, keep=None):
         """The deployment fast path keeping ``keep`` (default: every blob with ``keep_all_blobs``,

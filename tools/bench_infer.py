@@ -154,16 +154,16 @@ def relative_diff(a, reference):
     return float(np.abs(a - reference).max() / np.abs(reference).max())
 
 
-def bench(engines, rounds):
+def bench(engines, rounds, clock=time.perf_counter):
     """{label: [ms per round]}, each round running every engine once, in turn."""
     times = {e.label: [] for e in engines}
     for e in engines:
         e()
     for _ in range(rounds):
         for e in engines:
-            start = time.perf_counter()
+            start = clock()
             e()
-            times[e.label].append((time.perf_counter() - start) * 1000)
+            times[e.label].append((clock() - start) * 1000)
     return times
 
 
@@ -176,6 +176,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-onnx", action="store_true", help="leave onnxruntime out")
     p.add_argument("--medians", action="store_true", help="print each engine's median beside its best")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time in CPU seconds of this process, not wall time: with --threads 1, less "
+                        "disturbed by other work on a shared machine")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -186,7 +189,7 @@ def main():
           f"torch {torch.__version__}, OpenCV {cv2.__version__}"
           + ("" if args.no_onnx else f", onnxruntime {__import__('onnxruntime').__version__}"))
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in load_before)}; best of {args.rounds} "
-          f"alternating rounds")
+          f"alternating rounds{', CPU time' if args.cpu_time else ''}")
     header = ["net", "batch", "protocaffe ms", "OpenCV ms", "onnxruntime ms", "ratio", "ort ratio",
               "max diff", "ort max diff", "first ms"]
     print("| " + " | ".join(header) + " |")
@@ -202,7 +205,7 @@ def main():
                 if not args.no_onnx:
                     engines.append(OnnxRuntime(protos[b], weights, inputs[b], args.threads, folder))
                 outs = {e.label: e() for e in engines}
-                times = bench(engines, args.rounds)
+                times = bench(engines, args.rounds, time.process_time if args.cpu_time else time.perf_counter)
                 best = {k: min(v) for k, v in times.items()}
                 diff = {k: relative_diff(v, outs["OpenCV"]) for k, v in outs.items()}
                 ratio = best["protocaffe"] / best["OpenCV"]
