@@ -35,6 +35,7 @@ from torch.func import functional_call
 from protocaffe import folding, winograd
 from protocaffe.deploy_settings import choose, mkldnn_prepacks
 from protocaffe.proto import caffe_pb2
+from protocaffe.speed import keep_freed_memory
 
 SUM = caffe_pb2.EltwiseParameter.SUM
 
@@ -262,6 +263,8 @@ class DeployedNet:
     outputs, its loss tops and ``keep``. Shares the net's tensors; no autograd."""
 
     def __init__(self, net, keep=(), settings=None):
+        if net.ctx.device.type == "cpu":
+            keep_freed_memory()  # activations are allocated afresh at every call: no page faults
         self.net = net
         self.keep = set(keep) | set(net.output_names) | set(net.loss_tops())
         self.ops = fuse(net, self.keep)
