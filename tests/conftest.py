@@ -12,7 +12,7 @@ DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
 """The fixtures BVLC Caffe produced (a copy of shared/golden; npz files recompressed, values unchanged)."""
 
-# the deployed nets' measured settings (protocaffe.deploy_settings) go to a folder of this run's
+# the deployed nets' measured settings (protocaffe.deploy.settings) go to a folder of this run's
 os.environ["PROTOCAFFE_CACHE"] = tempfile.mkdtemp(prefix="protocaffe-cache-")
 
 HAS_CUDA = torch.cuda.is_available()

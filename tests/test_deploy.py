@@ -10,20 +10,26 @@ import torch.nn.functional as F
 
 import protocaffe as caffe
 from conftest import GOLDEN, assert_close
-from protocaffe import deploy_settings, folding, winograd
 from protocaffe import net as netlib
-from protocaffe.deploy import DeployedNet, FusedAffine, FusedConv
-from protocaffe.deploy_settings import Settings
+from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, winograd
+from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.fileio import parse_text
 from protocaffe.layer_types.base import LAYERS, Layer
 from protocaffe.proto import caffe_pb2
 
 NETS = GOLDEN / "nets"
 ROOT = GOLDEN.parents[2]
-LAYOUTS = [Settings(channels_last, prepack) for channels_last in (False, True) for prepack in (False, True)]
+WAYS = [(channels_last, algorithm) for channels_last in (False, True) for algorithm in ("torch", "onednn")]
+"""Layouts and the algorithm every convolution runs by (protocaffe.deploy.ops)."""
 FLOAT32 = 2e-6
 """Largest difference from the float64 forward, relative to the blob's largest value, that
 counts as float32 rounding over a few layers (each rounding is 6e-8 of its value)."""
+
+
+def every(net, channels_last, algorithm, **named):
+    """Settings running every layer with weights by ``algorithm``, those in ``named`` by theirs."""
+    names = [layer.name for layer in net.layer_by_name().values() if layer.blobs]
+    return Settings(channels_last, tuple((n, named.get(n, algorithm)) for n in names))
 
 
 def text_net(text, seed=3):
@@ -83,19 +89,21 @@ def fused_types(deployed):
 @pytest.mark.parametrize("name, prototxt", [("slim_alexnet", "slim_alexnet_deploy.prototxt"),
                                             ("slim_caffenet", "slim_caffenet_deploy.prototxt"),
                                             ("slim_caffenet", "slim_caffenet_v1.prototxt")])
-@pytest.mark.parametrize("settings", LAYOUTS + [Settings(True, True, (("conv3", 2), ("conv4", 4), ("conv5", 2)))])
-def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, settings):
+@pytest.mark.parametrize("way", WAYS + [(True, "onednn", "winograd2"), (False, "torch", "winograd4")])
+def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
     ref = np.load(NETS / f"{name}.npz")
     weights = NETS / ("slim_caffenet_v1.caffemodel" if "v1" in prototxt else f"{name}.caffemodel")
     net = netlib.build_net(str(NETS / prototxt), caffe.TEST, weights=str(weights))
     data = torch.from_numpy(ref["blob_data"])
+    settings = every(net, *way[:2], **({"conv3": way[2]} if len(way) > 2 else {}))
     deployed = DeployedNet(net, keep=net.blob_shapes, settings=settings)
     blobs = deployed(data=data)
+    assert {m.name: m.algorithm for m in deployed.fused}["conv3"] == dict(settings.algorithms)["conv3"]
     assert set(blobs) == set(net.blob_shapes)
     for blob, value in blobs.items():
         assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
     errors = max_error(blobs, exact64(net, {"data": data}))
-    bound = 4e-5 if settings.winograd else FLOAT32  # F(4x4, 3x3) in conv4
+    bound = 4e-5 if "winograd4" in way else FLOAT32
     assert max(errors.values()) < bound, errors
 
 
@@ -167,10 +175,10 @@ def test_every_fold_is_made():
         ("InnerProduct", ("Scale",), False, None)]
 
 
-@pytest.mark.parametrize("settings", LAYOUTS)
-def test_folds_with_random_statistics_are_float32_rounding(settings):
+@pytest.mark.parametrize("way", WAYS)
+def test_folds_with_random_statistics_are_float32_rounding(way):
     net, inputs = folds_net()
-    blobs = DeployedNet(net, keep=["c", "p", "e"], settings=settings)(**inputs)
+    blobs = DeployedNet(net, keep=["c", "p", "e"], settings=every(net, *way))(**inputs)
     reference = exact64(net, inputs)
     with torch.no_grad():
         layer_by_layer = net.run(inputs)[0]
@@ -212,7 +220,7 @@ def test_a_value_read_twice_is_not_folded_away():
 
 def test_weights_changed_after_packing_are_folded_again():
     net, inputs = folds_net()
-    deployed = DeployedNet(net, settings=Settings(True, True))
+    deployed = DeployedNet(net, settings=every(net, True, "onednn"))
     before = deployed(**inputs)["g"].clone()
     with torch.no_grad():
         net.layer_by_name()["scale"].weight.mul_(2)       # a version bump, as copy_from or a solver makes
@@ -289,6 +297,7 @@ def test_settings_are_measured_once_per_machine_and_net(monkeypatch, tmp_path):
     table = (tmp_path / "deploy.json").read_text()
     assert deploy_settings.cpu_name().split(",")[0] in table
     monkeypatch.setattr(deploy_settings, "measure", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(deploy_settings, "fastest_algorithms", lambda *a: pytest.fail("measured again"))
     again = DeployedNet(net)
     again(**inputs)
     assert again.settings == first.settings
@@ -298,8 +307,8 @@ def test_settings_are_measured_once_per_machine_and_net(monkeypatch, tmp_path):
 
 @pytest.fixture
 def prepacked(monkeypatch):
-    """Deployed nets run channels-last with prepacked weights (copies of the net's), unmeasured."""
-    monkeypatch.setattr("protocaffe.deploy.choose", lambda deployed, blobs: Settings(True, True))
+    """Deployed nets run channels-last, in oneDNN on weights in its layout (copies), unmeasured."""
+    monkeypatch.setattr("protocaffe.deploy.plan.choose", lambda deployed, blobs: every(deployed.net, True, "onednn"))
 
 
 def slim_pycaffe():

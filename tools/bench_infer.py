@@ -16,7 +16,7 @@ then, in one process, with the same number of threads each:
 
 Each round runs every engine once in turn; the best round is each engine's figure (the
 median beside it when ``--medians``). ``first ms`` is protocaffe's first forward, which
-measures the layout once per machine and net (cached, protocaffe.deploy_settings) and
+measures the layout once per machine and net (cached, protocaffe.deploy.settings) and
 packs the weights. The outputs are compared on the probabilities: the largest absolute
 difference divided by the largest probability, against OpenCV's. The ratio is
 protocaffe's time over OpenCV's; the geometric mean of the ratios is given per batch size.
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import protocaffe as caffe  # noqa: E402
-from protocaffe.deploy_settings import cpu_name  # noqa: E402
+from protocaffe.deploy.settings import cpu_name  # noqa: E402
 from protocaffe.net import build_net, read_net_param  # noqa: E402
 
 NETS = {"caffenet": ROOT / "models/bvlc_reference_caffenet/deploy.prototxt"}

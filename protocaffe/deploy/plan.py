@@ -1,39 +1,27 @@
-"""The deployment fast path: a net's forward folded, fused and prepacked for inference.
+"""The deployed plan: one pass over a built net's layers that folds and fuses, and the
+object that runs it (:class:`DeployedNet`).
 
-    fast = DeployedNet(net, keep=("fc7",))   # a built CaffeNet (TEST phase), its tensors shared
-    blobs = fast(data=x)                     # {name: tensor}: outputs, loss tops and ``keep``
+The pass (:func:`fuse`) grows a chain from each Convolution, Deconvolution or InnerProduct
+(or from a per-channel affine layer) along values that exactly one later layer reads:
 
-What it does to the plan, in one pass over the layers (:func:`fuse`):
+- per-channel affine layers (:mod:`protocaffe.deploy.folding`) fold into the head's
+  weights; a run of them without such a head becomes one ``x * scale + shift``;
+- then an Eltwise SUM with one other blob, then an activation, run inside the op;
+- a value the caller observes ends the chain: the last one written under a name in
+  ``keep`` (in-place chains such as conv -> BatchNorm -> Scale -> ReLU on one blob fold
+  whole, as Caffe shows that blob after the ReLU anyway).
 
-- a per-channel affine layer (BatchNorm on global statistics, Scale, Bias: the
-  tables of :mod:`protocaffe.folding`) right after a Convolution, Deconvolution or
-  InnerProduct is folded into that layer's weights; a run of them elsewhere becomes
-  one ``x * scale + shift``;
-- an activation (ReLU, TanH, Sigmoid) and an Eltwise SUM of the result with one
-  other blob run inside the convolution (oneDNN post-ops);
-- a layer is folded into another only where no one else reads the value between
-  them and the caller does not observe it: a value counts as observed when it is
-  the last one written under a name in ``keep`` (in-place chains such as
-  conv -> BatchNorm -> Scale -> ReLU on one blob fold, as Caffe shows that blob
-  after the ReLU anyway).
-
-How it runs (:class:`~protocaffe.deploy_settings.Settings`, measured per machine and net):
-``channels_last`` stores 4-d activations NHWC; ``prepack`` keeps each 2-d convolution's
-weights in oneDNN's blocked layout (``torch.ops.mkldnn``, CPU only) instead of
-reordering them at every call. Layers that fold into nothing run as themselves.
-
-The folded weights are copies made from the net's tensors; before each call the
-sources are checked (same tensor, same autograd version) and what changed is folded
-again, so ``copy_from``, a solver step or ``share_with`` are seen at the next call.
+A chain runs where its last layer stood, so every layer in between still finds its
+bottoms; a chain stops before a layer that would have to read a head's bottom after
+someone rewrote it.
 """
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
-from protocaffe import folding, winograd
-from protocaffe.deploy_settings import choose, mkldnn_prepacks
+from protocaffe.deploy import folding
+from protocaffe.deploy.ops import FusedAffine, FusedConv
+from protocaffe.deploy.settings import choose
 from protocaffe.proto import caffe_pb2
 from protocaffe.speed import keep_freed_memory
 
@@ -48,114 +36,6 @@ class Op:
     tops: tuple
     source: bool = False
     release: list = field(default_factory=list)
-
-
-class FusedConv(torch.nn.Module):
-    """A Convolution, Deconvolution or InnerProduct (``head``) with the per-channel affine
-    layers folded into its weights, then optionally ``+ other`` (an Eltwise SUM's other
-    bottom) and an activation layer. ``forward(x[, other])``."""
-
-    def __init__(self, head, affines=(), add=False, act=None):
-        super().__init__()
-        self.head, self.affines, self.add, self.act = head, list(affines), add, act
-        self.name = head.name
-        self._stamp = None
-
-    def sources(self):
-        """(module, blob name) of every tensor the folded weights are made from."""
-        return [(m, n) for m in [self.head] + self.affines for n in m.blob_names]
-
-    def stamp(self):
-        """Which tensors, where, at which autograd version: what the packed weights were made from."""
-        return [_stamp(getattr(m, n)) for m, n in self.sources()]
-
-    def fold(self):
-        """The folded (weight, bias), or the head's own where nothing folds in."""
-        head = self.head
-        if not self.affines:
-            return head.weight.detach(), None if head.bias is None else head.bias.detach()
-        scale, shift = folding.channel_affine(self.affines[0])
-        for layer in self.affines[1:]:
-            scale, shift = folding.compose((scale, shift), folding.channel_affine(layer))
-        return folding.ABSORBERS[head.type](head, scale, shift)
-
-    def pack(self, settings):
-        """Fold, and get ready to run as ``settings`` say: a 3x3 convolution by Winograd's
-        algorithm where they name it, else under ``settings.prepack`` a 2-d convolution on the
-        CPU in oneDNN, its weights reordered (on the first call for each input shape: oneDNN's
-        layout depends on it), else as the layer computes it."""
-        self._stamp = self.stamp()
-        self.weight, self.bias = self.fold()
-        head = self.head
-        block = settings.block(self.name) if winograd.fits(head) else 0
-        self.winograd = winograd.Winograd(self.weight, head.pad, block) if block else None
-        self.mkldnn = (not block and settings.prepack and head.type == "Convolution" and len(head.kernel) == 2
-                       and self.weight.dtype == torch.float32 and mkldnn_prepacks(self.weight.device))
-        self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
-        self.packed = None
-        if not self.mkldnn and settings.channels_last and self.weight.dim() == 4:
-            self.weight = self.weight.contiguous(memory_format=torch.channels_last)
-
-    def stale(self):
-        return self._stamp != self.stamp()
-
-    def forward(self, x, other=None):
-        if self.mkldnn:
-            return self._mkldnn(x, other)
-        if self.winograd is not None:
-            y = self.winograd(x)
-            if self.bias is not None:
-                y = y + self.bias.view(1, -1, 1, 1)
-        else:
-            params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
-            y = functional_call(self.head, params, (x,))
-        if other is not None:
-            y = y + other
-        return y if self.act is None else self.act(y)
-
-    def _mkldnn(self, x, other):
-        head = self.head
-        extra = head.overhang(*x.shape[2:])  # Caffe's zeros past the end for a window larger than the input
-        if any(extra):
-            x = F.pad(x, (0, extra[1], 0, extra[0]))
-        args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
-        if self.packed is None or self.packed[0] != x.shape:
-            self.packed = x.shape, torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
-        weight, (attr, scalars) = self.packed[1], self.attr
-        if other is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, attr, scalars, "")
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, weight, self.bias, *args, "add", None, None if attr == "none" else attr, scalars, "")
-
-
-class FusedAffine(torch.nn.Module):
-    """A run of per-channel affine layers as one ``x * scale + shift`` along axis 1."""
-
-    def __init__(self, affines):
-        super().__init__()
-        self.affines = list(affines)
-        self.name = self.affines[0].name
-        self._stamp = None
-
-    def sources(self):
-        return [(m, n) for m in self.affines for n in m.blob_names]
-
-    stamp, stale = FusedConv.stamp, FusedConv.stale
-
-    def pack(self, settings):
-        self._stamp = self.stamp()
-        scale, shift = folding.channel_affine(self.affines[0])
-        for layer in self.affines[1:]:
-            scale, shift = folding.compose((scale, shift), folding.channel_affine(layer))
-        self.scale, self.shift = scale.float(), shift.float()
-
-    def forward(self, x):
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        return torch.addcmul(self.shift.view(view), x, self.scale.view(view))
-
-
-def _stamp(t):
-    return id(t), t.data_ptr(), t._version
 
 
 def _readers(plan):

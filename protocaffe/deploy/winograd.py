@@ -16,7 +16,7 @@ The transforms are computed in float64 from the exact fractions below and rounde
 F(2, 3)'s outputs are as close to exact as a direct convolution's (float32 rounding),
 F(4, 3)'s within about 1e-5 of the output's scale, as its transforms multiply by up to 8
 (measured on random data: tests/test_deploy.py). Which of them a layer uses is measured
-per machine (protocaffe.deploy_settings); the direct convolution stays where it is faster.
+per machine (protocaffe.deploy.settings); the direct convolution stays where it is faster.
 """
 import torch
 import torch.nn.functional as F

@@ -8,13 +8,16 @@
 - :data:`ABSORBERS`: layers whose output channels can take such a map into their own
   weights (Convolution, Deconvolution, InnerProduct along axis 1). Each entry returns the
   folded ``(weight, bias)``, new tensors, or None.
-- :data:`ACTIVATIONS`: elementwise layers oneDNN applies inside a convolution (its
-  post-ops), as ``(attr, scalars)`` for ``torch.ops.mkldnn._convolution_pointwise``.
+- :data:`ACTIVATIONS`: elementwise layers that run inside the convolution before them:
+  oneDNN applies them as post-ops, ``(attr, scalars)`` for
+  ``torch.ops.mkldnn._convolution_pointwise``; other algorithms call the layer after.
 
 A fork's or plugin's layer joins by registering in the table it belongs to, e.g. a
 BatchNorm with a built-in affine part::
 
-    @folding.affine("BN")
+    from protocaffe import deploy
+
+    @deploy.affine("BN")
     def _bn(layer):
         inverse = torch.rsqrt(layer.variance + layer.eps)
         return layer.weight * inverse, layer.bias - layer.mean * layer.weight * inverse
