@@ -76,22 +76,25 @@ class FusedConv(_Folded):
             return ["torch"]
         return ["onednn"] + (["winograd2", "winograd4"] if winograd.fits(head) else [])
 
-    def pack(self, settings):
+    def pack(self, settings, keep_others=False):
         """Fold, and get ready to run by the algorithm ``settings`` name for this layer (else the
-        default; ``torch`` computes any layer)."""
-        self._stamp = self.stamp()
-        self.weight, self.bias = self.fold()
+        default; ``torch`` computes any layer). ``keep_others`` keeps what other algorithms
+        prepared from the same weights (while they are measured in turns)."""
+        stamp = self.stamp()
+        if stamp != self._stamp or not keep_others:
+            self._stamp, self._prepared = stamp, {}
+            self.weight, self.bias = self.fold()
         options = self.algorithms()
         self.algorithm = settings.algorithm(self.name)
         if self.algorithm not in options + ["torch"]:
             self.algorithm = options[0]
-        self.winograd = self.packed = None
-        if self.algorithm.startswith("winograd"):
-            self.winograd = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))
-        elif self.algorithm == "onednn":
-            self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
-        elif settings.channels_last and self.weight.dim() == 4:
-            self.weight = self.weight.contiguous(memory_format=torch.channels_last)
+        self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
+        if self.algorithm.startswith("winograd") and self.algorithm not in self._prepared:
+            self._prepared[self.algorithm] = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))
+        self.winograd = self._prepared.get(self.algorithm) if self.algorithm.startswith("winograd") else None
+        self.torch_weight = self.weight
+        if self.algorithm == "torch" and settings.channels_last and self.weight.dim() == 4:
+            self.torch_weight = self.weight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x, other=None):
         if self.algorithm == "onednn":
@@ -101,7 +104,9 @@ class FusedConv(_Folded):
             if self.bias is not None:
                 y = y + self.bias.view(1, -1, 1, 1)
         else:
-            params = {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
+            params = {"weight": self.torch_weight}
+            if self.bias is not None:
+                params["bias"] = self.bias
             y = functional_call(self.head, params, (x,))
         if other is not None:
             y = y + other
@@ -115,9 +120,11 @@ class FusedConv(_Folded):
         if any(extra):
             x = F.pad(x, (0, extra[1], 0, extra[0]))
         args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
-        if self.packed is None or self.packed[0] != x.shape:
-            self.packed = x.shape, torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
-        weight, (attr, scalars) = self.packed[1], self.attr
+        shape, weight = self._prepared.get("onednn", (None, None))
+        if shape != x.shape:
+            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
+            self._prepared["onednn"] = x.shape, weight
+        attr, scalars = self.attr
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, attr, scalars, "")
         return torch.ops.mkldnn._convolution_pointwise.binary(

@@ -1,10 +1,10 @@
 """How a deployed net runs on this machine: measured once per machine and net, then cached.
 
 :class:`Settings` hold the activations' layout (channels-last or not) and, per
-convolution, its algorithm (:mod:`protocaffe.deploy.ops`). For each layout, every
-convolution with a choice is timed alone on its own input with each algorithm it can
-use, and the fastest is kept; then the whole net is timed in each layout, in turns,
-and the faster wins. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
+convolution, its algorithm (:mod:`protocaffe.deploy.ops`). The whole net is timed
+in each layout with the default algorithms, in turns, and the faster layout wins; then
+every convolution with a choice is timed alone on its own input with each algorithm it
+can use, and another than its default kept where it is clearly faster. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
 ``~/.cache/protocaffe``), keyed by the machine (CPU model and ISA, threads, torch
 version, device) and the net (its layers' parameters, the input shapes, the blobs kept),
 so a later process starts with it at once.
@@ -117,11 +117,11 @@ def fastest_algorithms(deployed, blobs, channels_last, rounds=ROUNDS):
         if len(options) < 2:
             continue
         best = dict.fromkeys(options, float("inf"))
-        for _ in range(rounds):
+        for r in range(rounds + 1):
             for algorithm in options:
-                module.pack(Settings(channels_last, ((module.name, algorithm),)))
-                module(*bottoms)  # oneDNN reorders its weights on the first call
-                best[algorithm] = min(best[algorithm], _timed(module, *bottoms))
+                module.pack(Settings(channels_last, ((module.name, algorithm),)), keep_others=True)
+                ms = _timed(module, *bottoms)  # the first: oneDNN reorders its weights, caches warm
+                best[algorithm] = min(best[algorithm], ms) if r else best[algorithm]
         fastest = min(best, key=best.get)
         if best[fastest] < MARGIN * best[options[0]]:
             chosen.append((module.name, fastest))
@@ -139,9 +139,9 @@ def choose(deployed, blobs):
         found = table[key]["settings"]
         return Settings(found["channels_last"], tuple(map(tuple, found["algorithms"])))
     start = time.perf_counter()
-    candidates = [Settings(cl, fastest_algorithms(deployed, blobs, cl)) for cl in (False, True)]
-    times = measure(deployed, blobs, candidates)
+    times = measure(deployed, blobs, [Settings(False), Settings(True)])
     chosen = min(times, key=times.get)
+    chosen = Settings(chosen.channels_last, fastest_algorithms(deployed, blobs, chosen.channels_last))
     counts = {a: sum(1 for _, b in chosen.algorithms if b == a) for a in dict(chosen.algorithms).values()}
     log.info("Deployed net %s on %s: %s activations, convolutions by %s (measured in %.1f s: NCHW %.3g ms, "
              "NHWC %.3g ms)", deployed.net.param.name or "", where,

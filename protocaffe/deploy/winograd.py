@@ -56,8 +56,9 @@ class Winograd:
     def __init__(self, weight, pad, m):
         bt, g, at = TRANSFORMS[m]
         self.m, self.a, self.pad = m, m + 2, tuple(pad)
-        u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().double(), g)
-        self.u = u.reshape(self.a * self.a, weight.shape[1], weight.shape[0]).float().contiguous()
+        k, c = weight.shape[:2]
+        u = weight.detach().double().reshape(k * c, 9) @ torch.kron(g, g).t()  # G w G^T, flattened
+        self.u = u.view(k, c, self.a * self.a).permute(2, 1, 0).float().contiguous()
         self.bt = torch.kron(bt, bt).float()
         self.at = torch.kron(at, at).float()
 
