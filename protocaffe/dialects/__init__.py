@@ -30,14 +30,18 @@ class Dialect:
 
     ``key`` names it on the command line (``--dialect ssd``); ``name`` in the log.
     ``proto_files`` are the schema files of its fields (their extensions mark its files);
+    ``fields`` names of fields, set anywhere in a file, that only this fork writes (for fields
+    several forks share one extension of, ``bn_mode`` tells SegNet's ``bn_param``);
     ``layer_types`` the types only it defines; ``moves`` the binary renumbering of its
-    colliding fields ({message full name: {(fork number, wire type): protocaffe's number}});
-    ``convert(param, source)`` turns what the fork means differently into BVLC's fields
-    and returns the message (the default keeps it as it is).
+    colliding fields (see :func:`protocaffe.dialects.wire.renumber`: rules scoped to a message
+    apply with ``--dialect`` only, rules scoped to a layer type BVLC lacks apply to every
+    binary file); ``convert(param, source)`` turns what the fork means differently into
+    BVLC's fields and returns the message (the default keeps it as it is).
     """
     key: str
     name: str
     proto_files: tuple = ()
+    fields: frozenset = frozenset()
     layer_types: frozenset = frozenset()
     moves: dict = field(default_factory=dict)
     convert: object = None
@@ -63,19 +67,27 @@ def by_key(key):
 
 
 def _marks(message, found):
-    """Collect (proto file, bare field name) of every extension set anywhere in ``message``."""
+    """Collect (proto file of an extension or None, bare field name) of every field set
+    anywhere in ``message``."""
     for f, value in message.ListFields():
-        if f.is_extension:
-            found.add((f.file.name, f.name))
+        found.add((f.file.name if f.is_extension else None, f.name))
         if f.message_type is not None:
             for item in (value if f.is_repeated else (value,)):
                 _marks(item, found)
     return found
 
 
+def layers_of(message):
+    """The layers of a NetParameter (``layer`` and V1 ``layers``), a LayerParameter itself,
+    nothing for other messages: what a dialect's ``convert`` walks."""
+    if message.DESCRIPTOR.full_name == "caffe.LayerParameter":
+        return [message]
+    return [layer for name in ("layer", "layers") if name in message.DESCRIPTOR.fields_by_name
+            for layer in getattr(message, name)]
+
+
 def _layer_types(message):
-    layers = getattr(message, "layer", None)
-    return {layer.type for layer in layers} if layers is not None else set()
+    return {layer.type for layer in layers_of(message) if isinstance(layer.type, str)}
 
 
 def find(message):
@@ -85,7 +97,8 @@ def find(message):
     types = _layer_types(message)
     found = []
     for dialect in DIALECTS.values():
-        evidence = sorted({name for file, name in fields if file in dialect.proto_files})
+        evidence = sorted({name for file, name in fields
+                           if file in dialect.proto_files or name in dialect.fields})
         evidence += [f"type {t}" for t in sorted(types & dialect.layer_types)]
         if evidence:
             found.append((dialect, evidence))
@@ -103,19 +116,31 @@ def recognise(message, source):
     return message
 
 
+def layer_type_moves():
+    """Every dialect's renumbering rules scoped to a layer type: safe on any file."""
+    moves = {}
+    for d in DIALECTS.values():
+        for scope, rules in d.moves.items():
+            if isinstance(scope, tuple):
+                moves.setdefault(scope, {}).update(rules)
+    return moves
+
+
 def read_binary(path, message_type, dialect=None):
-    """A binary proto file; with ``dialect`` (a key), the fork's colliding numbers are first
-    moved to protocaffe's, then the file is recognised as any other."""
-    if dialect is None:
-        return recognise(fileio.read_binary(path, message_type), os.fspath(path))
-    d = by_key(dialect)
+    """A binary proto file, its forks' fields moved from colliding numbers to protocaffe's:
+    those scoped to a layer type always, those scoped to a message with ``dialect`` (a key)
+    only; then recognised as a text file is."""
+    moves = layer_type_moves()
+    if dialect is not None:
+        moves.update(by_key(dialect).moves)
     data = fileio._read_bytes(path)
-    if d.moves:
+    if moves:
         try:
-            data = wire.renumber(data, message_type.DESCRIPTOR, d.moves)
+            data = wire.renumber(data, message_type.DESCRIPTOR, moves)
         except CaffeError as e:
             raise CaffeError(f"{os.fspath(path)}: not a valid binary {message_type.DESCRIPTOR.name} ({e})") from None
     return recognise(fileio.parse_binary(data, message_type, os.fspath(path)), os.fspath(path))
 
 
-from protocaffe.dialects import ssd  # noqa: E402,F401 (registers the fork dialects)
+# importing the dialect modules registers them
+from protocaffe.dialects import ssd, densenet, segnet, pspnet, mobilenet, shufflenet, senet  # noqa: E402,F401

@@ -14,10 +14,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from protocaffe import fileio
+from protocaffe import fileio, schema
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
+from protocaffe.proto.forks import segnet_pb2  # noqa: F401 (SegNet's class weights in LossParameter)
 
 FLT_MIN = 1.175494351e-38
 LOG_THRESHOLD = 1e-20
@@ -147,6 +148,12 @@ class SoftmaxWithLoss(_SoftmaxLoss):
     true = VALID, false = BATCH_SIZE). The gradient is p - onehot even where the log is
     floored, as in Caffe. A label outside [0, C) that is not ignored is a CaffeError, checked
     on the host once per batch (one reduction and one device-to-host sync).
+
+    SegNet's and ENet's forks weigh classes: with loss_param ``weight_by_label_freqs`` each
+    position's term (and so its gradient, (p - onehot) w) is multiplied by
+    ``class_weighting[label]`` (one weight per class). The sum is still divided by the count
+    of positions, not by the weights' sum, as in those forks (they read the legacy
+    ``normalize``, which protocaffe's rule above applies while ``normalization`` is unset).
     """
     type = "SoftmaxWithLoss"
 
@@ -155,14 +162,27 @@ class SoftmaxWithLoss(_SoftmaxLoss):
         self.axis = _class_axis(self, bottom_shapes, self.param.softmax_param.axis)
         self.mode = normalization_mode(self.param.loss_param)
         self.ignore = _ignore_label(self.param.loss_param)
+        weights = None
+        if schema.get(self.param.loss_param, "weight_by_label_freqs"):
+            weights = list(schema.get(self.param.loss_param, "class_weighting"))
+            classes = bottom_shapes[0][self.axis]
+            if len(weights) != classes:
+                raise self.error(f"weight_by_label_freqs needs one class_weighting per class ({classes}), "
+                                 f"found {len(weights)}")
+            weights = torch.tensor(weights)
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, x, label):
         logp = F.log_softmax(x, dim=self.axis)
         lab = _labels(label).reshape(-1)
         valid = _valid(lab, self.ignore)
         _check_labels(self, lab, valid, x.shape[self.axis])
-        picked = _per_position(logp, self.axis).gather(1, torch.where(valid, lab, 0)[:, None])[:, 0]
-        return self._tops(-(_floored_log(picked, FLT_MIN) * valid).sum(), x, logp, valid)
+        safe = torch.where(valid, lab, 0)
+        picked = _per_position(logp, self.axis).gather(1, safe[:, None])[:, 0]
+        terms = _floored_log(picked, FLT_MIN) * valid
+        if self.class_weights is not None:
+            terms = terms * self.class_weights.to(x.dtype)[safe]
+        return self._tops(-terms.sum(), x, logp, valid)
 
 
 @register

@@ -23,14 +23,14 @@ import torch
 from protocaffe.errors import CaffeError
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe.blob import Blob, ParamBlob
+from protocaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import caffe_stream, current_device, next_seed
 
 TEST = caffe_pb2.TEST
 
 
-class Layer:
-    """pycaffe's view of one layer: ``type``, ``blobs`` (ParamBlobs), ``reshape``.
+class LayerView:
+    """pycaffe's view of one layer (an item of ``net.layers``): ``type``, ``blobs`` (ParamBlobs), ``reshape``.
 
     Other attributes are the underlying module's (``layer.weight``, ``layer.param``).
     """
@@ -96,7 +96,7 @@ class Net:
         self.device = m.ctx.device
         self.blobs = OrderedDict((n, Blob(torch.zeros(s, device=self.device))) for n, s in m.blob_shapes.items())
         mods = [m.layers[s.key] for s in m.plan]
-        self.layers = [Layer(self, i, mod) for i, mod in enumerate(mods)]
+        self.layers = [LayerView(self, i, mod) for i, mod in enumerate(mods)]
         self._layer_names = [mod.name for mod in mods]
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in self.layer_dict.items() if l.blobs)
