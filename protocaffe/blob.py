@@ -15,7 +15,14 @@ the device, and a held array is refreshed in place when read again.
 A blob computed in bf16 or fp16 (caffe.set_precision, or the caller's torch.autocast)
 is kept the same way on the CPU too: its host copy is a float32 array (numpy has no
 bf16), and what the caller writes there is rounded into the tensor before the net runs.
+
+After the net's fast forward (protocaffe.deploy) a blob the fast path did not keep
+is *pending*: reading its data first has the net compute it (``Blob._pending``).
+A parameter blob remembers that its data was handed out, and whether the array is
+still held, so that the net refolds the weights the caller may have written.
 """
+import weakref
+
 import numpy as np
 import torch
 
@@ -47,11 +54,14 @@ class _HostCopy:
         return self.array
 
     def push(self, tensor):
+        """Copy the host array to the device if it may be newer; returns whether it did."""
         if self.head == "host" and self.array.shape == tuple(tensor.shape):
             # through .data: autograd's version counter is left alone, so a layer's backward
             # uses the values written (Caffe's semantics) instead of refusing to run
             tensor.data.copy_(torch.from_numpy(self.array))
             self.head = "synced"
+            return True
+        return False
 
     def device_changed(self):
         if self.array is not None:
@@ -68,8 +78,11 @@ class Blob:
         self._data = data
         self._diff = diff
         self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+        self._pending = None
 
     def _tensor(self, which):
+        if which == "data" and self._pending is not None:
+            self._pending(self)
         if which == "diff" and self._diff is None:
             self._diff = torch.zeros_like(self._data)
         return self._data if which == "data" else self._diff
@@ -172,6 +185,21 @@ class ParamBlob(Blob):
     def __init__(self, layer, name):
         self._layer, self._name = layer, name
         self._host = {"data": _HostCopy(), "diff": _HostCopy()}
+        self._pending = None
+        self._handed, self._written = None, False
+
+    def _array(self, which):
+        arr = super()._array(which)
+        if which == "data" and not self._mirrored(self._data):  # a view: the caller's writes land unseen
+            self._handed, self._written = weakref.ref(arr), True
+        return arr
+
+    def _may_have_changed(self):
+        """Whether the caller may have written the data since the last call: its array was
+        handed out since, is still held (a view on the CPU), or was pushed to the device."""
+        held = self._handed is not None and self._handed() is not None
+        changed, self._written = self._written or held, False
+        return changed
 
     @property
     def _data(self):
@@ -189,6 +217,13 @@ class ParamBlob(Blob):
 
     def _existing(self):
         return (("data", self._data), ("diff", self._data.grad))
+
+    def _push(self):
+        for which, tensor in self._existing():
+            if tensor is not None and self._mirrored(tensor):
+                pushed = self._host[which].push(tensor)
+                if which == "data":
+                    self._written |= pushed
 
     def reshape(self, *shape):
         raise CaffeError(f"parameter {self._name} of layer '{self._layer.name}' keeps its shape "

@@ -8,8 +8,11 @@
     loss  = net.loss(blobs)                 # sum of loss_weight * top over loss tops
 
 ``CaffeNet`` is a plain ``nn.Module``: it takes and returns tensors and works
-with autograd, AMP and ``torch.compile``. The pycaffe-shaped API on top of it
-lives in :mod:`protocaffe.pycaffe`.
+with autograd, AMP and ``torch.compile``. In eval mode without autograd (and in
+float32) its forward takes the deployment fast path (:mod:`protocaffe.deploy`:
+BatchNorm and Scale folded into convolutions, activations fused, weights
+prepacked), which returns the same blobs up to float32 rounding. The
+pycaffe-shaped API on top of it lives in :mod:`protocaffe.pycaffe`.
 """
 import math
 import os
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from protocaffe import caffe_random, dialects, fileio, netlog, plugins
+from protocaffe.deploy import DeployedNet
 from protocaffe.errors import CaffeError
 from protocaffe.data import dense, hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.data.annotated import layer as annotated_layer  # noqa: F401 (registers AnnotatedData)
@@ -243,6 +247,7 @@ class CaffeNet(nn.Module):
         self.output_names = self._outputs()
         self.keep_all_blobs = True
         self._release = self._last_uses()
+        self._deployed = {}
         netlog.log_net(self)
 
     def _build(self):
@@ -313,6 +318,7 @@ class CaffeNet(nn.Module):
         """Keep ``ctx.device`` in step with ``.to(device)``, so layers make new tensors there."""
         out = super()._apply(fn, *args, **kwargs)
         self.ctx.device = fn(torch.zeros(())).device
+        self._deployed = {}
         return out
 
     def _last_uses(self):
@@ -334,7 +340,25 @@ class CaffeNet(nn.Module):
     # ---- running ------------------------------------------------------------
 
     def forward(self, **inputs):
+        if self.deployable():
+            return self.deployed()(**inputs)
         return self.run(inputs)[0]
+
+    def deployable(self):
+        """Whether ``forward`` takes the fast path: a TEST net in eval mode, no autograd, no
+        autocast, not being compiled (the fast path computes in float32 outside autograd)."""
+        return not (self.phase != caffe_pb2.TEST or self.training or torch.is_grad_enabled()
+                    or torch.compiler.is_compiling() or torch.is_autocast_enabled(self.ctx.device.type))
+
+    def deployed(self, keep=None):
+        """The deployment fast path keeping ``keep`` (default: every blob with ``keep_all_blobs``,
+        else the outputs and loss tops), made once per set of names."""
+        if keep is None:
+            keep = self.blob_shapes if self.keep_all_blobs else ()
+        keep = frozenset(keep)
+        if keep not in self._deployed:
+            self._deployed[keep] = DeployedNet(self, keep)
+        return self._deployed[keep]
 
     def run(self, inputs, first=None):
         """Run the plan; returns the blobs. If ``first`` is a dict, it receives the first

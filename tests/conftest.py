@@ -1,5 +1,6 @@
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ from hypothesis import HealthCheck, settings
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
 """The fixtures BVLC Caffe produced (a copy of shared/golden; npz files recompressed, values unchanged)."""
+
+# the deployed nets' measured settings (protocaffe.deploy.settings) go to a folder of this run's
+os.environ["PROTOCAFFE_CACHE"] = tempfile.mkdtemp(prefix="protocaffe-cache-")
 
 HAS_CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")

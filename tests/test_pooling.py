@@ -1,9 +1,11 @@
 """Pooling beyond the golden cases: Caffe's one-axis padding rule by hand, and STOCHASTIC
 pooling (BVLC Caffe has it on the GPU only, so no golden case): the TEST formula against a
-hand computation, TRAIN sampling against the activation proportions."""
+hand computation, TRAIN sampling against the activation proportions; MAX pooling in every
+configuration against a transcription of Caffe's loop."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings, strategies as st
 
 from conftest import cuda
 from protocaffe import net as netlib
@@ -120,3 +122,37 @@ def test_unpadded_max_pooling_rounds_as_the_round_mode_says(mode, size):
     assert out.shape == (1, 1, size, size)  # (6 - 3) / 2 + 1, rounded up or down
     expected = torch.tensor([[14.0, 16.0, 17.0], [26.0, 28.0, 29.0], [32.0, 34.0, 35.0]])[:size, :size]
     assert torch.equal(out[0, 0], expected)  # the last window (ceil) is clipped to the input
+
+
+def caffe_max_pool(x, kernel, stride, pad, ceil):
+    """pooling_layer.cpp's MAX loop in NumPy: Caffe's output size, each window clipped to
+    [-pad, size + pad) and then to the input, starting from -FLT_MAX."""
+    n, c, h, w = x.shape
+    padded = any(pad)
+    out = [pool_out(s, k, st, p, ceil, padded=padded) for s, k, st, p in zip((h, w), kernel, stride, pad)]
+    y = np.full((n, c, *out), -np.finfo(np.float32).max, np.float32)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            top, left = i * stride[0] - pad[0], j * stride[1] - pad[1]
+            bottom, right = min(top + kernel[0], h + pad[0]), min(left + kernel[1], w + pad[1])
+            top, left, bottom, right = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+            if bottom > top and right > left:
+                y[:, :, i, j] = x[:, :, top:bottom, left:right].max(axis=(2, 3))
+    return y
+
+
+@settings(max_examples=60)
+@given(size=st.tuples(st.integers(1, 9), st.integers(1, 9)), kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       stride=st.tuples(st.integers(1, 4), st.integers(1, 4)), pad=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+       ceil=st.booleans(), seed=st.integers(0, 2**16))
+def test_max_pooling_is_caffes_loop(size, kernel, stride, pad, ceil, seed):
+    """Every MAX configuration Caffe accepts (pad below kernel), by whichever path the layer takes
+    (PyTorch's padded pooling or the explicit padding), against Caffe's loop."""
+    assume(all(p < k for p, k in zip(pad, kernel)) and all(s + 2 * p >= k for s, p, k in zip(size, pad, kernel)))
+    x = np.random.default_rng(seed).standard_normal((1, 2) + size).astype(np.float32)
+    expected = caffe_max_pool(x, kernel, stride, pad, ceil)
+    assume(min(expected.shape[2:]) > 0)
+    param = (f"pool: MAX kernel_h: {kernel[0]} kernel_w: {kernel[1]} stride_h: {stride[0]} stride_w: {stride[1]} "
+             f"pad_h: {pad[0]} pad_w: {pad[1]} round_mode: {'CEIL' if ceil else 'FLOOR'}")
+    out = pooling_net((1, 2) + size, param)(x=torch.from_numpy(x))["y"]
+    np.testing.assert_array_equal(out.detach().numpy(), expected)

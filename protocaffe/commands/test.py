@@ -2,6 +2,7 @@
 
 Caffe's ``caffe test``: runs the net in the TEST phase (or ``--phase TRAIN``) for the
 given number of batches, logs every output per batch, then each output averaged over the batches.
+A TEST net in float32 runs on the deployment fast path (protocaffe/deploy.py).
 ``--oversample`` (ten crops) and ``--ensemble`` (more weights of the same net) are
 the AlexNet paper's test-time methods; see protocaffe/evaluate.py.
 """
@@ -48,7 +49,7 @@ def run(argv):
     check_iterations(args)
     device = device_for(parse_gpu(args.gpu))
     net = build_net(args.model, phase(args, caffe_pb2.TEST), level=args.level, stages=stages(args),
-                    weights=args.weights, device=device)
+                    weights=args.weights, device=device).eval()  # a TEST net: the deployment fast path
     log.info("Running for %d iterations.", args.iterations)
     speed = speed_from(args)
     with speed.autocast(device):
@@ -68,7 +69,7 @@ def run(argv):
 
 def _run_averaged(args, net, device, speed):
     members = [speed.prepare(m) for m in [net] + [
-        build_net(args.model, net.phase, level=args.level, stages=stages(args), weights=w, device=device)
+        build_net(args.model, net.phase, level=args.level, stages=stages(args), weights=w, device=device).eval()
         for w in args.ensemble.split(",") if w]]
     log.info("Averaging the softmax of %d net(s)%s", len(members),
              " over ten crops of each image" if args.oversample else "")

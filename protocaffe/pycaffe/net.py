@@ -10,6 +10,14 @@ weight Caffe puts in a loss top's diff) and writes its bottoms' diffs there.
 A precision (``Net(..., precision="bf16")`` or caffe.set_precision) applies
 protocaffe.speed's settings: each layer's forward runs under its autocast, and
 blobs computed in bf16 or fp16 read as float32 arrays (protocaffe.blob).
+
+A whole-net ``forward()`` of a TEST net in fp32 fed by Input layers takes the deployment
+fast path instead (:mod:`protocaffe.deploy`; ``Net.fast = False`` turns it off):
+it computes the outputs and the blobs asked for. Every other blob is pending:
+reading its data, a backward, a partial forward or a forward with callbacks first
+runs the layer-by-layer forward on the inputs the fast one ran on, and a blob read
+this way is kept by the fast forwards after. Weights written through
+``net.params`` arrays are folded again before the next fast forward.
 """
 from collections import OrderedDict
 
@@ -18,9 +26,12 @@ import torch
 
 from protocaffe.errors import CaffeError
 from protocaffe.net import build_net
+from protocaffe.proto import caffe_pb2
 from protocaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import caffe_stream, current_device, current_precision, next_seed
 from protocaffe.speed import DEFAULT_PRECISION, Speed
+
+TEST = caffe_pb2.TEST
 
 
 class LayerView:
@@ -69,6 +80,9 @@ class Net:
     precision=None)``; ``precision`` is "fp32", "bf16", "fp16" or "auto", by default
     caffe.set_precision's choice, else fp32."""
 
+    #: whole-net forwards of TEST nets take the deployment fast path (protocaffe.deploy)
+    fast = True
+
     def __init__(self, network_file, *args, weights=None, phase=None, level=None, stages=(), seed=None,
                  precision=None):
         weights, phase = _parse_net_args(args, weights, phase)
@@ -108,6 +122,10 @@ class Net:
             self.blobs[name].diff[...] = weight
         self._records = {}
         self._hooks = {"before_forward": [], "after_forward": [], "before_backward": [], "after_backward": []}
+        # the fast path replays exactly: a TEST net fed by Input layers only, no Python layers
+        self._replayable = m.phase == TEST and all(s.is_input for s in m.plan if not s.bottoms) and \
+            not any(mod.type == "Python" for mod in mods)
+        self._fast_keep, self._fast_inputs = set(), None
 
     @property
     def _blob_names(self):
@@ -149,38 +167,94 @@ class Net:
             for blob in blobs:
                 blob._device_changed()
 
-    def _forward(self, start, end):
-        """Caffe's ForwardFromTo: run layers start..end (inclusive) on the blobs' current values."""
+    def _forward(self, start, end, inputs=None):
+        """Caffe's ForwardFromTo: run layers start..end (inclusive) on the blobs' current values
+        (``inputs``, a replay of a fast forward: tensors read in place of those blobs until a
+        layer writes them, and no callbacks)."""
+        self._materialize()
         self._sync()
         force = self.module.param.force_backward
+        replay, inputs = inputs is not None, dict(inputs or {})
         for i in range(start, end + 1):
             step = self.module.plan[i]
             if step.is_input:
                 continue
-            bottoms = [self._leaf(b, force) for b in step.bottoms]
-            self._call("before_forward", i)
+            bottoms = [self._leaf(inputs.get(b, self.blobs[b]._data), force) for b in step.bottoms]
+            if not replay:
+                self._call("before_forward", i)
             with self.speed.autocast(self.device):
                 out = self.layers[i]._module(*bottoms)
             out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             self._records[i] = (bottoms, out)
             for name, t in zip(step.tops, out):
+                inputs.pop(name, None)
                 self._blob(name, t)._set(data=t)
-            self._call("after_forward", i)
+            if not replay:
+                self._call("after_forward", i)
         self._params_changed()
+
+    def _fast_path(self, start, end):
+        return (self.fast and self._replayable and start is None and end is None
+                and not self._hooks["before_forward"] and not self._hooks["after_forward"]
+                and not torch.is_autocast_enabled(self.device.type)
+                and not self.speed.resolve(self.device).reduced)
+
+    def _forward_fast(self, wanted):
+        """The whole forward on the deployment fast path, keeping the outputs, ``wanted`` and the
+        blobs read after earlier fast forwards; the other blobs become pending."""
+        self._sync()
+        for blobs in self.params.values():
+            for blob in blobs:
+                if blob._may_have_changed():  # the fast path refolds a tensor whose version moved
+                    torch.autograd.graph.increment_version(blob._data)
+        inputs = {n: self.blobs[n]._data for n in self.inputs}
+        out = self.module.deployed(set(wanted) | self._fast_keep)(**inputs)
+        self._records = {}
+        self._fast_inputs = {n: t.clone() for n, t in inputs.items()}
+        for name, blob in self.blobs.items():
+            if name in inputs:
+                continue
+            if name in out:
+                blob._set(data=out[name])
+            else:
+                blob._pending = self._materialize
+
+    def _materialize(self, blob=None):
+        """After a fast forward: the layer-by-layer forward on the inputs that one ran on, giving
+        every blob its value and backward its records. ``blob``, read, is kept from now on."""
+        inputs, self._fast_inputs = self._fast_inputs, None
+        if inputs is None:
+            return
+        for name, b in self.blobs.items():
+            b._pending = None
+            if b is blob:
+                self._fast_keep.add(name)
+        self._forward(0, len(self.layers) - 1, inputs)
+
+    def _drop_pending(self):
+        """A reshape that changes shapes ends the last fast forward: its pending blobs read as zeros."""
+        if self._fast_inputs is None:
+            return
+        self._fast_inputs = None
+        for b in self.blobs.values():
+            if b._pending is not None:
+                b._pending = None
+                b._set(data=torch.zeros_like(b._data))
 
     def _blob(self, name, tensor):
         if name not in self.blobs:
             self.blobs[name] = Blob(tensor)
         return self.blobs[name]
 
-    def _leaf(self, name, force):
+    @staticmethod
+    def _leaf(t, force):
         """A blob's tensor as a new autograd leaf: it needs a gradient when the layer that made it
         did (or force_backward), and only floating tensors can have one."""
-        t = self.blobs[name]._data
         return t.detach().requires_grad_(t.is_floating_point() and (force or t.requires_grad))
 
     def _backward(self, start, end):
         """Caffe's BackwardFromTo: layers start down to end, each from its tops' diffs in the blobs."""
+        self._materialize()
         self._sync()
         written = set()
         for i in range(start, end - 1, -1):
@@ -234,8 +308,11 @@ class Net:
             value = np.asarray(value)
             self.blobs[name].reshape(*value.shape)
             self.blobs[name].data[...] = value
-        self._forward(start_i, end_i)
         names = (self.outputs if end is None else self.top_names[end]) + list(blobs or [])
+        if self._fast_path(start, end):
+            self._forward_fast(names)
+        else:
+            self._forward(start_i, end_i)
         return {n: self.blobs[n].data for n in names}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -244,6 +321,7 @@ class Net:
         Keyword arrays are written into those blobs' diffs first. Returns ``{name: blob.diff}``
         for the inputs (or ``end``'s bottoms) and the names in ``diffs``.
         """
+        self._materialize()
         if not self._records:
             raise CaffeError("Net.backward() needs a forward() first")
         start_i = len(self.layers) - 1 if start is None else _index(self._layer_names, start, "backward start")
@@ -267,6 +345,8 @@ class Net:
             return
         shapes = self.layers[i]._module.top_shapes([self.blobs[b].shape for b in step.bottoms])
         for name, shape in zip(step.tops, shapes):
+            if tuple(shape) != self.blobs[name].shape:
+                self._drop_pending()
             self.blobs[name].reshape(*shape)
 
     def forward_all(self, blobs=None, **kwargs):
@@ -283,11 +363,15 @@ class Net:
         grads = {n: [] for n in self.inputs + list(diffs or [])}
         fwd = list(self._batches({n: kwargs[n] for n in self.inputs if n in kwargs}))
         bwd = list(self._batches({n: kwargs[n] for n in self.outputs if n in kwargs}))
-        for k in range(max(len(fwd), len(bwd))):
-            for name, value in self.forward(blobs=blobs, **(fwd[k] if k < len(fwd) else {})).items():
-                outs[name].extend(value.copy())
-            for name, value in self.backward(diffs=diffs, **(bwd[k] if k < len(bwd) else {})).items():
-                grads[name].extend(value.copy())
+        fast, self.fast = self.fast, False  # each backward needs the layer-by-layer forward's records
+        try:
+            for k in range(max(len(fwd), len(bwd))):
+                for name, value in self.forward(blobs=blobs, **(fwd[k] if k < len(fwd) else {})).items():
+                    outs[name].extend(value.copy())
+                for name, value in self.backward(diffs=diffs, **(bwd[k] if k < len(bwd) else {})).items():
+                    grads[name].extend(value.copy())
+        finally:
+            self.fast = fast
         return self._unpad(outs, kwargs), self._unpad(grads, kwargs)
 
     def _batches(self, arrays):

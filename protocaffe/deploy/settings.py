@@ -1,0 +1,155 @@
+"""How a deployed net runs on this machine: measured once per machine and net, then cached.
+
+:class:`Settings` hold the activations' layout (channels-last or not) and, per
+convolution, its algorithm (:mod:`protocaffe.deploy.ops`). The whole net is timed
+in each layout with the default algorithms, in turns, and the faster layout wins; then
+every convolution with a choice is timed alone on its own input with each algorithm it
+can use, and another than its default kept where it is clearly faster. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
+``~/.cache/protocaffe``), keyed by the machine (CPU model and ISA, threads, torch
+version, device) and the net (its layers' parameters, the input shapes, the blobs kept),
+so a later process starts with it at once.
+"""
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from protocaffe.log import LOGGER as log
+
+ROUNDS = 3
+"""Timed runs per candidate (after one warm-up run); the fastest counts."""
+MARGIN = 0.9
+"""A convolution leaves its default algorithm for one measured at most this fraction of its time."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a deployed net runs: 4-d activations channels-last or not, and (layer name,
+    algorithm) pairs for the convolutions not computed by their default algorithm."""
+    channels_last: bool = False
+    algorithms: tuple = ()
+
+    def algorithm(self, name):
+        return dict(self.algorithms).get(name)
+
+
+def cache_file():
+    root = os.environ.get("PROTOCAFFE_CACHE") or Path.home() / ".cache" / "protocaffe"
+    return Path(root) / "deploy.json"
+
+
+def cpu_name():
+    """The CPU's model name and the vector ISA torch dispatches to (e.g. ``AMD EPYC, AVX2``)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def machine(device):
+    """What the measurement depends on besides the net."""
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    return f"{where}, torch {torch.__version__}"
+
+
+def _net_key(deployed, blobs):
+    text = "".join(str(layer.param) for layer in deployed.net.layer_by_name().values())
+    shapes = sorted((n, tuple(t.shape), str(t.dtype)) for n, t in blobs.items())
+    return hashlib.sha1(f"{text}{shapes}{sorted(deployed.keep)}".encode()).hexdigest()
+
+
+def _read(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path, table):
+    """Best effort: a cache that cannot be written costs a measurement next time, nothing else."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as e:
+        log.debug("deploy settings not cached: %s", e)
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - start) * 1000
+
+
+def measure(deployed, blobs, candidates, rounds=ROUNDS):
+    """{settings: best ms of the whole net}, the candidates taking turns."""
+    best = {s: float("inf") for s in candidates}
+    for r in range(rounds + 1):
+        for s in candidates:
+            deployed.refresh(s)
+            ms = _timed(deployed.body, dict(blobs), s)
+            best[s] = min(best[s], ms) if r else best[s]
+    return best
+
+
+@torch.no_grad()
+def fastest_algorithms(deployed, blobs, channels_last, rounds=ROUNDS):
+    """(layer name, algorithm) for each convolution where another algorithm than its default
+    is faster by the MARGIN, each timed alone on its own input, the algorithms in turns."""
+    base = Settings(channels_last)
+    inputs = {}
+    deployed.body(dict(blobs), base, record=inputs)
+    chosen = []
+    for module, bottoms in inputs.items():
+        options = module.algorithms()
+        if len(options) < 2:
+            continue
+        best = dict.fromkeys(options, float("inf"))
+        for r in range(rounds + 1):
+            for algorithm in options:
+                module.pack(Settings(channels_last, ((module.name, algorithm),)), keep_others=True)
+                ms = _timed(module, *bottoms)  # the first: oneDNN reorders its weights, caches warm
+                best[algorithm] = min(best[algorithm], ms) if r else best[algorithm]
+        fastest = min(best, key=best.get)
+        if best[fastest] < MARGIN * best[options[0]]:
+            chosen.append((module.name, fastest))
+    deployed.refresh(base)
+    return tuple(chosen)
+
+
+def choose(deployed, blobs):
+    """The settings for ``deployed`` on this machine: cached, or measured now and cached."""
+    device = next(iter(blobs.values())).device if blobs else torch.device("cpu")
+    path, where = cache_file(), machine(device)
+    key = f"{where} | {_net_key(deployed, blobs)}"
+    table = _read(path)
+    if key in table:
+        found = table[key]["settings"]
+        return Settings(found["channels_last"], tuple(map(tuple, found["algorithms"])))
+    start = time.perf_counter()
+    times = measure(deployed, blobs, [Settings(False), Settings(True)])
+    chosen = min(times, key=times.get)
+    chosen = Settings(chosen.channels_last, fastest_algorithms(deployed, blobs, chosen.channels_last))
+    counts = {a: sum(1 for _, b in chosen.algorithms if b == a) for a in dict(chosen.algorithms).values()}
+    log.info("Deployed net %s on %s: %s activations, convolutions by %s (measured in %.1f s: NCHW %.3g ms, "
+             "NHWC %.3g ms)", deployed.net.param.name or "", where,
+             "NHWC" if chosen.channels_last else "NCHW",
+             ", ".join(f"{a} {n}" for a, n in sorted(counts.items())) or "torch alone",
+             time.perf_counter() - start, *times.values())
+    table = _read(path)
+    table[key] = {"settings": {"channels_last": chosen.channels_last, "algorithms": chosen.algorithms},
+                  "ms": {("NHWC" if s.channels_last else "NCHW"): ms for s, ms in times.items()}}
+    _write(path, table)
+    return chosen

@@ -1,0 +1,360 @@
+"""The deployment fast path (protocaffe.deploy): folding, fusion and prepacking change no output
+beyond float32 rounding. Checked on Caffe's golden nets (against Caffe's blobs and the
+layer-by-layer forward), on nets with BatchNorm + Scale under random statistics (against the
+layer-by-layer forward in float64), on the zoo's ResNet-50 (what folds where); Winograd's
+convolutions against a float64 convolution; pycaffe's view of every blob and of its weights."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import protocaffe as caffe
+from conftest import GOLDEN, assert_close
+from protocaffe import net as netlib
+from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, winograd
+from protocaffe.deploy.ops import FusedAffine, FusedConv
+from protocaffe.fileio import parse_text
+from protocaffe.layer_types.base import LAYERS, Layer
+from protocaffe.proto import caffe_pb2
+
+NETS = GOLDEN / "nets"
+ROOT = GOLDEN.parents[2]
+WAYS = [(channels_last, algorithm) for channels_last in (False, True) for algorithm in ("torch", "onednn")]
+"""Layouts and the algorithm every convolution runs by (protocaffe.deploy.ops)."""
+FLOAT32 = 2e-6
+"""Largest difference from the float64 forward, relative to the blob's largest value, that
+counts as float32 rounding over a few layers (each rounding is 6e-8 of its value)."""
+
+
+def every(net, channels_last, algorithm, **named):
+    """Settings running every layer with weights by ``algorithm``, those in ``named`` by theirs."""
+    names = [layer.name for layer in net.layer_by_name().values() if layer.blobs]
+    return Settings(channels_last, tuple((n, named.get(n, algorithm)) for n in names))
+
+
+def text_net(text, seed=3):
+    return netlib.build_net(parse_text(text, caffe_pb2.NetParameter), caffe.TEST, seed=seed)
+
+
+def randomize_statistics(net, seed=0):
+    """BatchNorm statistics with a random scale factor (one of them 0), Scale and Bias blobs
+    away from their fillers' constants."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i, layer in enumerate(net.layer_by_name().values()):
+            if layer.type == "BatchNorm":
+                factor = 0.0 if layer.name == "bn_zero" else float(torch.rand((), generator=gen)) * 3 + 0.2
+                layer.mean.copy_(torch.randn(layer.mean.shape, generator=gen) * factor)
+                layer.variance.copy_((torch.rand(layer.variance.shape, generator=gen) + 0.1) * factor)
+                layer.scale_factor.fill_(factor)
+            elif layer.type in ("Scale", "Bias"):
+                for t in layer.blobs:
+                    t.copy_(torch.randn(t.shape, generator=gen))
+            elif layer.blobs:
+                for t in layer.blobs:
+                    t.copy_(torch.randn(t.shape, generator=gen) / max(1, t[0].numel()) ** 0.5)
+
+
+def exact64(net, inputs):
+    """The layer-by-layer forward in float64 (net and inputs converted), as float64 blobs."""
+    with torch.no_grad():
+        net.double()
+        try:
+            return net.run({k: v.double() for k, v in inputs.items()})[0]
+        finally:
+            net.float()
+
+
+def max_error(blobs, reference):
+    return {k: float((blobs[k].double() - reference[k]).abs().max() / reference[k].abs().max())
+            for k in blobs}
+
+
+def fused_types(deployed):
+    """The Caffe layer types folded or fused into each op, or the op's own type."""
+    out = []
+    for op in deployed.ops:
+        m = op.module
+        if isinstance(m, FusedConv):
+            out.append((m.head.type, tuple(a.type for a in m.affines), m.add, m.act and m.act.type))
+        elif isinstance(m, FusedAffine):
+            out.append(("affine", tuple(a.type for a in m.affines)))
+        else:
+            out.append(m.type)
+    return out
+
+
+# ---- Caffe's golden nets --------------------------------------------------------------
+
+@pytest.mark.parametrize("name, prototxt", [("slim_alexnet", "slim_alexnet_deploy.prototxt"),
+                                            ("slim_caffenet", "slim_caffenet_deploy.prototxt"),
+                                            ("slim_caffenet", "slim_caffenet_v1.prototxt")])
+@pytest.mark.parametrize("way", WAYS + [(True, "onednn", "winograd2"), (False, "torch", "winograd4")])
+def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
+    ref = np.load(NETS / f"{name}.npz")
+    weights = NETS / ("slim_caffenet_v1.caffemodel" if "v1" in prototxt else f"{name}.caffemodel")
+    net = netlib.build_net(str(NETS / prototxt), caffe.TEST, weights=str(weights))
+    data = torch.from_numpy(ref["blob_data"])
+    settings = every(net, *way[:2], **({"conv3": way[2]} if len(way) > 2 else {}))
+    deployed = DeployedNet(net, keep=net.blob_shapes, settings=settings)
+    blobs = deployed(data=data)
+    assert {m.name: m.algorithm for m in deployed.fused}["conv3"] == dict(settings.algorithms)["conv3"]
+    assert set(blobs) == set(net.blob_shapes)
+    for blob, value in blobs.items():
+        assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
+    errors = max_error(blobs, exact64(net, {"data": data}))
+    bound = 4e-5 if "winograd4" in way else FLOAT32
+    assert max(errors.values()) < bound, errors
+
+
+def test_golden_net_in_eval_mode_takes_the_fast_path():
+    ref = np.load(NETS / "slim_caffenet.npz")
+    net = netlib.build_net(str(NETS / "slim_caffenet_deploy.prototxt"), caffe.TEST,
+                           weights=str(NETS / "slim_caffenet.caffemodel"))
+    data = torch.from_numpy(ref["blob_data"])
+    net.keep_all_blobs = False
+    with torch.no_grad():
+        exact = net(data=data)
+        assert not net._deployed  # training mode: layer by layer
+        fast = net.eval()(data=data)
+    assert list(net._deployed) == [frozenset()] and set(fast) == {"prob"}
+    assert_close(fast["prob"].numpy(), exact["prob"].numpy(), rtol=1e-6, atol=1e-7)
+    assert net(data=data.requires_grad_())["prob"].requires_grad  # autograd on: layer by layer
+
+
+# ---- BatchNorm + Scale with random statistics ----------------------------------------------
+
+FOLDS = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 dim: 9 dim: 9 } } }
+layer { name: "in2" type: "Input" top: "x2" input_param { shape { dim: 2 dim: 4 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 6
+        kernel_size: 3 pad: 1 bias_term: false } }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+layer { name: "scale" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }
+layer { name: "conv2" type: "Convolution" bottom: "c" top: "c2" convolution_param { num_output: 6
+        kernel_size: 3 group: 2 } }
+layer { name: "bn_zero" type: "BatchNorm" bottom: "c2" top: "b2" }
+layer { name: "scale2" type: "Scale" bottom: "b2" top: "s2" }
+layer { name: "pool" type: "Pooling" bottom: "s2" top: "p" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "bn3" type: "BatchNorm" bottom: "p" top: "p" }
+layer { name: "scale3" type: "Scale" bottom: "p" top: "p" scale_param { bias_term: true } }
+layer { name: "bias3" type: "Bias" bottom: "p" top: "p" }
+layer { name: "deconv" type: "Deconvolution" bottom: "p" top: "d" convolution_param { num_output: 4
+        kernel_size: 2 stride: 2 group: 2 } }
+layer { name: "bn4" type: "BatchNorm" bottom: "d" top: "d" }
+layer { name: "scale4" type: "Scale" bottom: "d" top: "d" scale_param { bias_term: true } }
+layer { name: "sum" type: "Eltwise" bottom: "d" bottom: "x2" top: "e" }
+layer { name: "fc" type: "InnerProduct" bottom: "e" top: "f" inner_product_param { num_output: 5 } }
+layer { name: "bn5" type: "BatchNorm" bottom: "f" top: "f" }
+layer { name: "scale5" type: "Scale" bottom: "f" top: "f" scale_param { bias_term: true } }
+layer { name: "fc_t" type: "InnerProduct" bottom: "f" top: "g" inner_product_param { num_output: 3
+        transpose: true } }
+layer { name: "scale6" type: "Scale" bottom: "g" top: "g" }
+"""
+
+
+def folds_net():
+    net = text_net(FOLDS)
+    randomize_statistics(net)
+    gen = torch.Generator().manual_seed(1)
+    return net, {"x": torch.randn(2, 4, 9, 9, generator=gen), "x2": torch.randn(2, 4, 8, 8, generator=gen)}
+
+
+def test_every_fold_is_made():
+    net, _ = folds_net()
+    deployed = DeployedNet(net, settings=Settings())
+    assert fused_types(deployed) == [
+        "Input", "Input",
+        ("Convolution", ("BatchNorm", "Scale"), False, "ReLU"),
+        ("Convolution", ("BatchNorm", "Scale"), False, None),
+        "Pooling",
+        ("affine", ("BatchNorm", "Scale", "Bias")),
+        ("Deconvolution", ("BatchNorm", "Scale"), True, None),
+        ("InnerProduct", ("BatchNorm", "Scale"), False, None),
+        ("InnerProduct", ("Scale",), False, None)]
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_folds_with_random_statistics_are_float32_rounding(way):
+    net, inputs = folds_net()
+    blobs = DeployedNet(net, keep=["c", "p", "e"], settings=every(net, *way))(**inputs)
+    reference = exact64(net, inputs)
+    with torch.no_grad():
+        layer_by_layer = net.run(inputs)[0]
+    errors = max_error(blobs, reference)
+    assert set(errors) == {"c", "p", "e", "g"}
+    assert max(errors.values()) < FLOAT32, errors
+    # no worse than the unfolded net's own float32 rounding, give or take a few ulps
+    own = max_error({k: layer_by_layer[k] for k in blobs}, reference)
+    assert all(errors[k] < own[k] * 4 + 3e-7 for k in errors), (errors, own)
+
+
+def test_a_value_read_elsewhere_or_kept_is_not_folded_away():
+    net, inputs = folds_net()
+    # "b2" (BatchNorm's own top) kept: the BatchNorm still folds into conv2, the Scale after it does not
+    kept = DeployedNet(net, keep=["b2"], settings=Settings())
+    assert fused_types(kept)[3:5] == [("Convolution", ("BatchNorm",), False, None), ("affine", ("Scale",))]
+    blobs = kept(**inputs)
+    assert max_error({"b2": blobs["b2"]}, exact64(net, inputs))["b2"] < FLOAT32
+
+
+TWO_READERS = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 5 dim: 5 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 3 kernel_size: 3 } }
+layer { name: "copy" type: "Power" bottom: "c" top: "c_copy" }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+layer { name: "sum" type: "Eltwise" bottom: "c" bottom: "c_copy" top: "s" }
+"""
+
+
+def test_a_value_read_twice_is_not_folded_away():
+    net = text_net(TWO_READERS)
+    randomize_statistics(net)
+    deployed = DeployedNet(net, settings=Settings())
+    assert fused_types(deployed) == ["Input", ("Convolution", (), False, None), "Power",
+                                     ("affine", ("BatchNorm",)), "Eltwise"]
+    inputs = {"x": torch.randn(1, 2, 5, 5)}
+    assert max_error(deployed(**inputs), exact64(net, inputs))["s"] < FLOAT32
+
+
+def test_weights_changed_after_packing_are_folded_again():
+    net, inputs = folds_net()
+    deployed = DeployedNet(net, settings=every(net, True, "onednn"))
+    before = deployed(**inputs)["g"].clone()
+    with torch.no_grad():
+        net.layer_by_name()["scale"].weight.mul_(2)       # a version bump, as copy_from or a solver makes
+    changed = deployed(**inputs)["g"]
+    assert not torch.allclose(changed, before)
+    assert max_error({"g": changed}, exact64(net, inputs))["g"] < FLOAT32
+
+
+def test_a_fork_layer_registers_its_fold(monkeypatch):
+    """A type that is a per-channel affine map joins the fold table by its type string."""
+    class ChannelAffine(Layer):
+        type = "TestChannelAffine"
+
+        def setup(self, bottom_shapes):
+            self.add_blob("gain", (bottom_shapes[0][1],))
+            self.add_blob("offset", (bottom_shapes[0][1],))
+
+        def top_shapes(self, bottom_shapes):
+            return [bottom_shapes[0]]
+
+        def forward(self, x):
+            return x * self.gain.view(1, -1, 1, 1) + self.offset.view(1, -1, 1, 1)
+
+    monkeypatch.setitem(LAYERS, ChannelAffine.type, ChannelAffine)
+    text = FOLDS[:FOLDS.index('layer { name: "bn"')] + \
+        'layer { name: "ca" type: "TestChannelAffine" bottom: "c" top: "c" }'
+    net = text_net(text)
+    randomize_statistics(net)
+    inputs = {"x": torch.randn(2, 4, 9, 9), "x2": torch.randn(2, 4, 8, 8)}
+    assert fused_types(DeployedNet(net, settings=Settings()))[2:] == [("Convolution", (), False, None),
+                                                                       "TestChannelAffine"]
+    monkeypatch.setitem(folding.AFFINES, "TestChannelAffine", lambda layer: (layer.gain, layer.offset))
+    deployed = DeployedNet(net, settings=Settings())
+    assert fused_types(deployed)[2:] == [("Convolution", ("TestChannelAffine",), False, None)]
+    assert max_error(deployed(**inputs), exact64(net, inputs))["c"] < FLOAT32
+
+
+# ---- the zoo: what folds in ResNet-50 -------------------------------------------------------
+
+def test_resnet50_folds_every_batch_norm_and_fuses_every_sum():
+    net = netlib.build_net(str(ROOT / "models/zoo/resnet50/deploy.prototxt"), caffe.TEST, seed=1)
+    ops = fused_types(DeployedNet(net, settings=Settings()))
+    convs = [t for t in ops if t[0] == "Convolution"]
+    assert len(convs) == 53 and all(t[1] == ("BatchNorm", "Scale") for t in convs)
+    assert sum(t[2] for t in convs) == 16 and sum(t[3] == "ReLU" for t in convs) == 16 + 33
+    assert [t for t in ops if t[0] != "Convolution"] == ["Input", "Pooling", "Pooling",
+                                                         ("InnerProduct", (), False, None), "Softmax"]
+
+
+# ---- Winograd ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m, bound", [(2, 1e-6), (4, 2e-5)])
+@pytest.mark.parametrize("shape, pad", [((1, 64, 14, 14), (1, 1)), ((2, 16, 11, 7), (1, 0)),
+                                        ((1, 3, 9, 10), (2, 2)), ((1, 256, 6, 6), (1, 1))])
+def test_winograd_convolution_against_float64(m, bound, shape, pad):
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(shape, generator=gen)
+    w = torch.randn((32, shape[1], 3, 3), generator=gen) / (9 * shape[1]) ** 0.5
+    reference = F.conv2d(x.double(), w.double(), padding=pad)
+    y = winograd.Winograd(w, pad, m)(x)
+    assert y.shape == reference.shape
+    assert float((y.double() - reference).abs().max() / reference.abs().max()) < bound
+    y_last = winograd.Winograd(w, pad, m)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y_last, y, rtol=0, atol=0)
+
+
+# ---- the settings: measured once, then cached ------------------------------------------
+
+def test_settings_are_measured_once_per_machine_and_net(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))
+    net, inputs = folds_net()
+    first = DeployedNet(net)
+    first(**inputs)
+    table = (tmp_path / "deploy.json").read_text()
+    assert deploy_settings.cpu_name().split(",")[0] in table
+    monkeypatch.setattr(deploy_settings, "measure", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(deploy_settings, "fastest_algorithms", lambda *a: pytest.fail("measured again"))
+    again = DeployedNet(net)
+    again(**inputs)
+    assert again.settings == first.settings
+
+
+# ---- pycaffe ----------------------------------------------------------------------------
+
+@pytest.fixture
+def prepacked(monkeypatch):
+    """Deployed nets run channels-last, in oneDNN on weights in its layout (copies), unmeasured."""
+    monkeypatch.setattr("protocaffe.deploy.plan.choose", lambda deployed, blobs: every(deployed.net, True, "onednn"))
+
+
+def slim_pycaffe():
+    return caffe.Net(str(NETS / "slim_caffenet_deploy.prototxt"), str(NETS / "slim_caffenet.caffemodel"),
+                     caffe.TEST)
+
+
+def test_pycaffe_forward_is_fast_and_shows_every_blob_on_request():
+    ref = np.load(NETS / "slim_caffenet.npz")
+    net = slim_pycaffe()
+    out = net.forward(data=ref["blob_data"])
+    assert net._fast_inputs is not None and not net._records  # the fast path ran
+    assert_close(out["prob"], ref["blob_prob"])
+    net.blobs["data"].data[...] = 0  # the inputs change; a blob read now is the last forward's
+    assert_close(net.blobs["pool2"].data, ref["blob_pool2"], what="pool2")
+    assert net._fast_inputs is None and net._records  # it ran layer by layer for that
+    out = net.forward(data=ref["blob_data"])
+    assert "pool2" in net._fast_keep
+    assert_close(net.blobs["pool2"].data, ref["blob_pool2"], what="pool2 kept")
+    assert net._fast_inputs is not None  # kept by the fast forward: no layer-by-layer run
+    grads = net.backward(prob=np.ones_like(out["prob"]))
+    exact = slim_pycaffe()
+    exact.fast = False
+    exact.forward(data=ref["blob_data"])
+    assert_close(grads["data"], exact.backward(prob=np.ones_like(out["prob"]))["data"])
+
+
+def test_pycaffe_weights_written_through_held_arrays_are_seen(prepacked):
+    ref = np.load(NETS / "slim_caffenet.npz")
+    net, exact = slim_pycaffe(), slim_pycaffe()
+    exact.fast = False
+    weight = net.params["conv2"][0].data  # held across forwards
+    for scale in (1.0, -2.0, 0.5):
+        weight[...] = ref["param_conv2_0"] * scale
+        exact.params["conv2"][0].data[...] = ref["param_conv2_0"] * scale
+        assert_close(net.forward(data=ref["blob_data"])["prob"], exact.forward(data=ref["blob_data"])["prob"])
+    del weight
+    net.params["conv1"][1].data[...] += 1  # written at once, the array dropped
+    exact.params["conv1"][1].data[...] += 1
+    assert_close(net.forward(data=ref["blob_data"])["prob"], exact.forward(data=ref["blob_data"])["prob"])
+
+
+def test_pycaffe_callbacks_run_layer_by_layer():
+    ref = np.load(NETS / "slim_caffenet.npz")
+    net = slim_pycaffe()
+    seen = []
+    net.after_forward(seen.append)
+    net.forward(data=ref["blob_data"])
+    assert seen == list(range(1, len(net.layers))) and net._fast_inputs is None
