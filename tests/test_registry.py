@@ -11,9 +11,9 @@ import pkgutil
 
 import pytest
 import torch
-from google.protobuf import text_format
 
 import samples
+from protocaffe import schema
 from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.proto import caffe_pb2
 
@@ -37,7 +37,7 @@ def test_every_registered_type_has_a_sample():
 def test_sample_builds_runs_and_infers_shapes(type_):
     text, bottom_shapes, *rest = SAMPLES[type_]
     opts = rest[0] if rest else {}
-    lp = text_format.Parse(text, caffe_pb2.LayerParameter())
+    lp = schema.parse_text(text, caffe_pb2.LayerParameter)  # forks' fields by bare name
     assert lp.type == type_
     ctx = BuildContext(phase=opts.get("phase", caffe_pb2.TEST), generator=torch.Generator().manual_seed(0))
     layer = LAYERS[type_](lp, bottom_shapes, ctx)

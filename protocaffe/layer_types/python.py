@@ -39,11 +39,23 @@ import torch
 from protocaffe.layer_types import base
 
 
+class Phase(int):
+    """A net's phase as pycaffe layers see ``self.phase``: the int (TRAIN 0, TEST 1) that
+    py-R-FCN compares (``self.phase == 0``), whose str() is the name py-faster-rcnn reads
+    (``cfg[str(self.phase)]``), as Boost.Python's enum gives it."""
+
+    def __str__(self):
+        return "TRAIN" if self == 0 else "TEST"
+
+    __repr__ = __str__
+
+
 class Layer:
     """pycaffe's ``caffe.Layer``: subclass it and override the four methods.
 
-    ``self.param_str`` (python_param.param_str) and ``self.phase`` (TRAIN 0, TEST 1)
-    are set before ``setup``. Each method gets lists of blobs.
+    ``self.param_str`` (python_param.param_str; also as ``self.param_str_``, the name
+    Faster R-CNN's Caffe used) and ``self.phase`` (a :class:`Phase`) are set before
+    ``setup``. Each method gets lists of blobs.
     """
 
     def __init__(self, param=None):
@@ -166,9 +178,9 @@ class Python(base.Layer):
             raise self.error(f"module '{p.module}' has no class '{p.layer}' (python_param.layer)")
         self.layer_blobs = BlobVec(self)
         self.impl = self.call("__init__", cls, self.param)
-        self.impl.param_str = p.param_str
+        self.impl.param_str = self.impl.param_str_ = p.param_str
         self.impl.blobs = self.layer_blobs
-        self.impl.phase = int(self.phase)
+        self.impl.phase = Phase(self.phase)
         self.tops = [_blob(torch.zeros(0)) for _ in self.param.top]
         self.call("setup", self.impl.setup, self._zeros(bottom_shapes), self.tops)
 

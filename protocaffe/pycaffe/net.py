@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from protocaffe.errors import CaffeError
+from protocaffe.layer_types.python import Python
 from protocaffe.net import build_net
 from protocaffe.pycaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import caffe_stream, current_device, next_seed
@@ -21,7 +22,9 @@ from protocaffe.pycaffe.mode import caffe_stream, current_device, next_seed
 class Layer:
     """pycaffe's view of one layer: ``type``, ``blobs`` (ParamBlobs), ``reshape``.
 
-    Other attributes are the underlying module's (``layer.weight``, ``layer.param``).
+    Other attributes are the underlying module's (``layer.weight``, ``layer.param``). A
+    ``Python`` layer is not wrapped: ``net.layers[i]`` is the user's layer object itself, as
+    in pycaffe (py-faster-rcnn calls its own ``net.layers[0].set_roidb(...)``).
     """
 
     def __init__(self, net, index, module):
@@ -81,8 +84,8 @@ class Net:
         m.keep_all_blobs = True
         self.device = m.ctx.device
         self.blobs = OrderedDict((n, Blob(torch.zeros(s, device=self.device))) for n, s in m.blob_shapes.items())
-        mods = [m.layers[s.key] for s in m.plan]
-        self.layers = [Layer(self, i, mod) for i, mod in enumerate(mods)]
+        self._modules = mods = [m.layers[s.key] for s in m.plan]
+        self.layers = [mod.impl if isinstance(mod, Python) else Layer(self, i, mod) for i, mod in enumerate(mods)]
         self._layer_names = [mod.name for mod in mods]
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in self.layer_dict.items() if l.blobs)
@@ -147,7 +150,7 @@ class Net:
                 continue
             bottoms = [self._leaf(b, force) for b in step.bottoms]
             self._call("before_forward", i)
-            out = self.layers[i]._module(*bottoms)
+            out = self._modules[i](*bottoms)
             out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             self._records[i] = (bottoms, out)
             for name, t in zip(step.tops, out):
@@ -177,7 +180,7 @@ class Net:
             if not step.backward:  # Caffe skips layers that feed no loss (without force_backward)
                 continue
             down = [b.requires_grad and j not in step.no_backward for j, b in enumerate(bottoms)]
-            params = [p for p in self.layers[i]._module.blobs if p.requires_grad]
+            params = [p for p in self._modules[i].blobs if p.requires_grad]
             pairs = [(t, self.blobs[n]._tensor("diff")) for n, t in zip(step.tops, tops) if t.requires_grad]
             leaves = [b for b, d in zip(bottoms, down) if d] + params
             if not pairs or not leaves:
@@ -252,7 +255,7 @@ class Net:
         step = self.module.plan[i]
         if step.is_input:
             return
-        shapes = self.layers[i]._module.top_shapes([self.blobs[b].shape for b in step.bottoms])
+        shapes = self._modules[i].top_shapes([self.blobs[b].shape for b in step.bottoms])
         for name, shape in zip(step.tops, shapes):
             self.blobs[name].reshape(*shape)
 
@@ -318,8 +321,8 @@ class Net:
 
     def clear_param_diffs(self):
         """Zero every parameter's diff (Caffe's Net::ClearParamDiffs)."""
-        for layer in self.layers:
-            for t in layer._module.blobs:
+        for module in self._modules:
+            for t in module.blobs:
                 if t.grad is not None:
                     t.grad.zero_()
         self._params_changed()
