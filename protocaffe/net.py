@@ -19,7 +19,7 @@ from torch import nn
 
 from protocaffe import caffe_random, dialects, fileio, netlog, plugins
 from protocaffe.errors import CaffeError
-from protocaffe.data import hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
+from protocaffe.data import dense, hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
 from protocaffe.layer_types import BuildContext, layer_class
 from protocaffe.log import LOGGER as log
 from protocaffe.proto import caffe_pb2

@@ -1,11 +1,16 @@
 """Caffe's upgrade tools: ``protocaffe upgrade_net_proto_text IN OUT``,
-``upgrade_net_proto_binary IN OUT`` and ``upgrade_solver_proto_text IN OUT``.
+``upgrade_net_proto_binary [--dialect FORK] IN OUT`` and ``upgrade_solver_proto_text IN OUT``.
+
+A binary net is read as protocaffe.dialects reads forks' files: fields a fork numbered where
+BVLC has others move to protocaffe's numbers (``--dialect`` names the fork whose numbers
+collide with BVLC's on the wire alone, e.g. DenseNet-Caffe's ceil_mode), and a fork's
+meanings become BVLC's (ceil_mode is written as round_mode).
 
 As in Caffe, a file already in the latest format is written out unchanged
 (with a warning). Unlike Caffe, a file that cannot be upgraded cleanly writes
 nothing: the error names the file and layer, and the command exits 1.
 """
-from protocaffe import fileio
+from protocaffe import dialects, fileio
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, setup
 from protocaffe.proto import caffe_pb2
@@ -17,18 +22,22 @@ _WHAT = {"upgrade_net_proto_text": "a net prototxt (V0/V1 layers, old fields)",
          "upgrade_solver_proto_text": "a solver prototxt (solver_type -> type)"}
 
 
-def _paths(name, argv):
+def _paths(name, argv, dialect=False):
     f = Flags(name, f"Upgrade {_WHAT[name]} to the current format.",
               [("IN", "the file to upgrade"), ("OUT", "where to write the upgraded file")],
-              usage="%(prog)s IN OUT")
+              usage="%(prog)s [--dialect FORK] IN OUT" if dialect else "%(prog)s IN OUT")
+    if dialect:
+        f.flag("dialect", "", f"the fork whose field numbers the file uses ({', '.join(dialects.DIALECTS)})")
     args = f.parse(argv)
     setup()
-    return args.IN, args.OUT
+    return args.IN, args.OUT, getattr(args, "dialect", "") or None
 
 
-def _upgrade_file(src, dst, message_type, binary, needs, upgrade):
-    read, write = (fileio.read_binary, fileio.write_binary) if binary else (fileio.read_text, fileio.write_text)
-    param = read(src, message_type)
+def _upgrade_file(src, dst, message_type, binary, needs, upgrade, dialect=None):
+    if binary:
+        param, write = dialects.read_binary(src, message_type, dialect), fileio.write_binary
+    else:
+        param, write = fileio.read_text(src, message_type), fileio.write_text
     if needs(param):
         param = upgrade(param, src)
     else:
@@ -40,16 +49,16 @@ def _upgrade_file(src, dst, message_type, binary, needs, upgrade):
 
 
 def run_upgrade_net_proto_text(argv):
-    src, dst = _paths("upgrade_net_proto_text", argv)
+    src, dst, _ = _paths("upgrade_net_proto_text", argv)
     return _upgrade_file(src, dst, caffe_pb2.NetParameter, False, net_needs_upgrade, upgrade_net)
 
 
 def run_upgrade_net_proto_binary(argv):
-    src, dst = _paths("upgrade_net_proto_binary", argv)
-    return _upgrade_file(src, dst, caffe_pb2.NetParameter, True, net_needs_upgrade, upgrade_net)
+    src, dst, dialect = _paths("upgrade_net_proto_binary", argv, dialect=True)
+    return _upgrade_file(src, dst, caffe_pb2.NetParameter, True, net_needs_upgrade, upgrade_net, dialect)
 
 
 def run_upgrade_solver_proto_text(argv):
-    src, dst = _paths("upgrade_solver_proto_text", argv)
+    src, dst, _ = _paths("upgrade_solver_proto_text", argv)
     return _upgrade_file(src, dst, caffe_pb2.SolverParameter, False, solver_needs_type_upgrade,
                          upgrade_solver)

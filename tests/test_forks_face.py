@@ -9,17 +9,10 @@ import torch
 
 import protocaffe
 from conftest import assert_close
-from protocaffe import schema
-from protocaffe.layer_types import LAYERS
-from protocaffe.proto import caffe_pb2
+from fork_nets import make
 
 f32 = np.float32
 KINDS = {"SINGLE": 0, "DOUBLE": 1, "TRIPLE": 2, "QUADRUPLE": 3}
-
-
-def layer(text, shapes):
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, shapes)
 
 
 def margin_reference(x, weight, label, kind, lam, top_diff):
@@ -71,7 +64,7 @@ def test_margin_inner_product_is_the_forks_forward_and_backward(kind):
     rs = np.random.RandomState(KINDS[kind])
     x = rs.randn(6, 2, 2).astype(np.float32)
     label = np.array([0, 1, 4, 2, 4, 3], np.float32)
-    mip = layer(MARGIN.format(kind=kind, iteration=20), [x.shape, label.shape])
+    mip = make(MARGIN.format(kind=kind, iteration=20), [x.shape, label.shape])
     weight = mip.weight.detach().numpy().astype(np.float64)
     xt = torch.from_numpy(x).requires_grad_()
     out, lam = mip(xt, torch.from_numpy(label))
@@ -88,7 +81,7 @@ def test_margin_inner_product_is_the_forks_forward_and_backward(kind):
 
 
 def test_margin_lambda_falls_to_lambda_min_over_the_iterations():
-    mip = layer(MARGIN.format(kind="QUADRUPLE", iteration=0), [(2, 3), (2,)])
+    mip = make(MARGIN.format(kind="QUADRUPLE", iteration=0), [(2, 3), (2,)])
     x, label = torch.randn(2, 3), torch.tensor([1.0, 2.0])
     seen = [mip(x, label)[1].item() for _ in range(3)]
     assert seen == pytest.approx([1000 / 1.12, 1000 / 1.24, 1000 / 1.36], rel=1e-6)
@@ -104,7 +97,7 @@ def test_center_loss_value_gradient_and_the_forks_center_update():
     rs = np.random.RandomState(0)
     x = rs.randn(7, 3).astype(np.float32)
     label = np.array([0, 2, 2, 1, 0, 2, 0], np.float32)
-    center = layer(CENTER, [x.shape, label.shape])
+    center = make(CENTER, [x.shape, label.shape])
     c = center.centers.detach().numpy().copy()
     xt = torch.from_numpy(x).requires_grad_()
     loss = center(xt, torch.from_numpy(label))

@@ -8,14 +8,7 @@ import torch
 
 import protocaffe
 from conftest import assert_close
-from protocaffe import schema
-from protocaffe.layer_types import LAYERS
-from protocaffe.proto import caffe_pb2
-
-
-def layer(text, shapes):
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, shapes)
+from fork_nets import make
 
 
 @pytest.mark.parametrize("loss_param,divisor", [("", 3 * 2 * 2), ("normalization: FULL", 12),
@@ -28,7 +21,7 @@ def test_smooth_l1_loss_ohem(loss_param, divisor):
     w = rs.choice([0.0, 0.5, 1.0], size=a.shape).astype(np.float32)
     lp = f'name: "l" type: "SmoothL1LossOHEM" bottom: "a" bottom: "b" bottom: "w" top: "loss" top: "each" ' \
          f'loss_param {{ {loss_param} }}'
-    smooth = layer(lp, [a.shape] * 3)
+    smooth = make(lp, [a.shape] * 3)
     at, bt = torch.from_numpy(a).requires_grad_(), torch.from_numpy(b).requires_grad_()
     loss, each = smooth(at, bt, torch.from_numpy(w))
     d = w * (a - b)
@@ -46,7 +39,7 @@ def test_softmax_with_loss_third_top_is_each_positions_loss():
     x = rs.randn(5, 3).astype(np.float32)
     label = np.array([0, 2, -1, 1, 2], np.float32)
     for type_ in ("SoftmaxWithLoss", "SoftmaxWithLossOHEM"):
-        loss = layer(f'name: "l" type: "{type_}" bottom: "x" bottom: "y" top: "loss" top: "prob" top: "each" '
+        loss = make(f'name: "l" type: "{type_}" bottom: "x" bottom: "y" top: "loss" top: "prob" top: "each" '
                      'loss_param { ignore_label: -1 }', [x.shape, label.shape])
         value, prob, each = loss(torch.from_numpy(x), torch.from_numpy(label))
         logp = x - np.log(np.exp(x).sum(1, keepdims=True))
@@ -75,7 +68,7 @@ def test_box_annotator_ohem_keeps_the_hardest_regions_of_each_image():
     loss = rs.rand(20).astype(np.float32)
     labels = rs.randint(0, 5, 20).astype(np.float32)
     weights = rs.rand(20, 8).astype(np.float32)
-    ohem = layer('name: "a" type: "BoxAnnotatorOHEM" bottom: "rois" bottom: "loss" bottom: "labels" bottom: "w" '
+    ohem = make('name: "a" type: "BoxAnnotatorOHEM" bottom: "rois" bottom: "loss" bottom: "labels" bottom: "w" '
                  'top: "labels_ohem" top: "w_ohem" box_annotator_ohem_param { roi_per_img: 3 ignore_label: -1 }',
                  [rois.shape, loss.shape, labels.shape, weights.shape])
     got_labels, got_weights = ohem(*map(torch.from_numpy, (rois, loss, labels, weights)))

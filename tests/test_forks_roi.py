@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from opencv_dnn import run_both
-from protocaffe import schema
-from protocaffe.layer_types import LAYERS
+from fork_nets import make, run_both
 from protocaffe.proto import caffe_pb2
 
 f32 = np.float32
@@ -20,11 +18,6 @@ FLT_MAX = float(np.finfo(np.float32).max)
 
 def c_round(v):
     return math.copysign(math.floor(abs(float(v)) + 0.5), float(v))
-
-
-def layer(text, shapes):
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, shapes)
 
 
 def random_rois(rs, n, height, width, scale, images):
@@ -99,7 +92,7 @@ def test_roi_pooling_is_the_forks_forward_and_backward(ph, pw, scale):
     rois = random_rois(rs, 12, 7, 9, scale, 2)
     rois[0] = [1, 5 / scale, 4 / scale, 2 / scale, 1 / scale]  # malformed: forced to 1 x 1
     rois[1] = [0, 0, 0, 3.9 / scale, 2.9 / scale]  # over the ties
-    pool = layer(ROI_TEXT.format(ph, pw, scale), [x.shape, rois.shape])
+    pool = make(ROI_TEXT.format(ph, pw, scale), [x.shape, rois.shape])
     xt = torch.from_numpy(x).requires_grad_()
     out = pool(xt, torch.from_numpy(rois))
     top, arg = roi_pool_reference(x, rois, ph, pw, scale)
@@ -114,7 +107,7 @@ def test_roi_pooling_malformed_region_pools_one_cell_and_passes_no_gradient():
     """x2 < x1: the fork forces the region to 1 x 1 at its start for the forward, but its
     backward counts only cells inside [start, end], which is empty."""
     x = torch.randn(1, 2, 6, 7, requires_grad=True)
-    pool = layer(ROI_TEXT.format(2, 2, 1.0), [x.shape, (1, 5)])
+    pool = make(ROI_TEXT.format(2, 2, 1.0), [x.shape, (1, 5)])
     out = pool(x, torch.tensor([[0, 5, 4, 2, 1]], dtype=torch.float32))
     assert torch.equal(out, x[:, :, 4:5, 5:6].expand(1, 2, 2, 2))
     out.sum().backward()
@@ -124,7 +117,7 @@ def test_roi_pooling_malformed_region_pools_one_cell_and_passes_no_gradient():
 def test_roi_pooling_empty_bins_are_zero_and_batch_index_is_checked():
     x = -np.ones((1, 2, 4, 4), np.float32)
     rois = np.array([[0, 6, 6, 9, 9], [0, 1, 1, 2, 2]], np.float32)  # the first lies past the map
-    pool = layer(ROI_TEXT.format(2, 2, 1.0), [x.shape, rois.shape])
+    pool = make(ROI_TEXT.format(2, 2, 1.0), [x.shape, rois.shape])
     out = pool(torch.from_numpy(x), torch.from_numpy(rois)).numpy()
     assert (out[0] == 0).all() and (out[1] == -1).all()
     with pytest.raises(Exception, match="batch index is outside"):
@@ -141,7 +134,7 @@ layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
 layer {{ name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
   convolution_param {{ num_output: 8 kernel_size: 3 pad: 1 stride: 2 {fill} }} }}
 layer {{ name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }}
-layer {{ name: "roi_pool" type: "ROIPooling" bottom: "conv2" bottom: "rois" top: "pool"
+layer {{ name: "pool" type: "ROIPooling" bottom: "conv2" bottom: "rois" top: "pool"
   roi_pooling_param {{ pooled_w: 3 pooled_h: 3 spatial_scale: 0.25 }} }}
 layer {{ name: "fc6" type: "InnerProduct" bottom: "pool" top: "fc6" inner_product_param {{ num_output: 16 {fill} }} }}
 layer {{ name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }}
@@ -161,10 +154,10 @@ def test_faster_rcnn_head_computes_opencvs_output(tmp_path, images):
     rs = np.random.RandomState(images)
     data = rs.randn(images, 3, 32, 40).astype(np.float32)
     rois = random_rois(rs, 7, 8, 10, 0.25, images)
-    ours, cv = run_both(tmp_path, FRCNN_HEAD.format(n=images, fill=FILL), {"data": data, "rois": rois},
-                        ["pool", "cls_prob", "bbox_pred"])
-    for name in ours:
-        assert_close(ours[name], cv[name], what=name)
+    outputs = ["pool", "cls_prob", "bbox_pred"]
+    ours, cv = run_both(tmp_path, FRCNN_HEAD.format(n=images, fill=FILL), {"data": data, "rois": rois}, outputs)
+    for name, a, b in zip(outputs, ours, cv):
+        assert_close(a, b, what=name)
 
 
 # ---- PSROIPooling -------------------------------------------------------------------------
@@ -204,7 +197,7 @@ def test_psroi_pooling_is_the_forks_forward_and_backward(dim, group, scale):
     rs = np.random.RandomState(dim * 10 + group)
     x = rs.randn(2, dim * group * group, 8, 9).astype(np.float32)
     rois = random_rois(rs, 10, 8, 9, scale, 2)
-    pool = layer(PSROI_TEXT.format(scale, dim, group), [x.shape, rois.shape])
+    pool = make(PSROI_TEXT.format(scale, dim, group), [x.shape, rois.shape])
     xt = torch.from_numpy(x).requires_grad_()
     out = pool(xt, torch.from_numpy(rois))
     top, cells = psroi_reference(x, rois, dim, group, scale)
@@ -220,10 +213,10 @@ def test_psroi_pooling_is_the_forks_forward_and_backward(dim, group, scale):
 
 def test_psroi_pooling_names_what_is_missing():
     with pytest.raises(Exception, match="psroi_pooling_param needs output_dim"):
-        layer('name: "p" type: "PSROIPooling" bottom: "x" bottom: "r" top: "y" '
+        make('name: "p" type: "PSROIPooling" bottom: "x" bottom: "r" top: "y" '
               'psroi_pooling_param { spatial_scale: 0.5 group_size: 2 }', [(1, 8, 4, 4), (1, 5)])
     with pytest.raises(Exception, match=r"output_dim \* group_size\^2 = 8"):
-        layer(PSROI_TEXT.format(0.5, 2, 2), [(1, 9, 4, 4), (1, 5)])
+        make(PSROI_TEXT.format(0.5, 2, 2), [(1, 9, 4, 4), (1, 5)])
 
 
 RFCN_HEAD = """
@@ -239,11 +232,11 @@ layer {{ name: "rfcn_bbox" type: "Convolution" bottom: "conv1" top: "rfcn_bbox"
   convolution_param {{ num_output: 72 kernel_size: 1 {fill} }} }}
 layer {{ name: "psroipooled_cls_rois" type: "PSROIPooling" bottom: "rfcn_cls" bottom: "rois" top: "psroipooled_cls_rois"
   psroi_pooling_param {{ spatial_scale: 0.5 output_dim: 4 group_size: 3 }} }}
-layer {{ name: "ave_cls_score_rois" type: "Pooling" bottom: "psroipooled_cls_rois" top: "cls_score"
+layer {{ name: "cls_score" type: "Pooling" bottom: "psroipooled_cls_rois" top: "cls_score"
   pooling_param {{ pool: AVE kernel_size: 3 stride: 3 }} }}
 layer {{ name: "psroipooled_loc_rois" type: "PSROIPooling" bottom: "rfcn_bbox" bottom: "rois" top: "psroipooled_loc_rois"
   psroi_pooling_param {{ spatial_scale: 0.5 output_dim: 8 group_size: 3 }} }}
-layer {{ name: "ave_bbox_pred_rois" type: "Pooling" bottom: "psroipooled_loc_rois" top: "bbox_pred"
+layer {{ name: "bbox_pred" type: "Pooling" bottom: "psroipooled_loc_rois" top: "bbox_pred"
   pooling_param {{ pool: AVE kernel_size: 3 stride: 3 }} }}
 layer {{ name: "cls_prob" type: "Softmax" bottom: "cls_score" top: "cls_prob" }}
 """
@@ -254,22 +247,20 @@ def test_rfcn_head_computes_opencvs_output(tmp_path):
     rs = np.random.RandomState(5)
     data = rs.randn(2, 3, 24, 28).astype(np.float32)
     rois = random_rois(rs, 9, 12, 14, 0.5, 2)
-    ours, cv = run_both(tmp_path, RFCN_HEAD.format(fill=FILL), {"data": data, "rois": rois},
-                        ["psroipooled_cls_rois", "cls_prob", "bbox_pred"])
-    for name in ours:
-        assert_close(ours[name], cv[name], what=name)
+    outputs = ["psroipooled_cls_rois", "cls_prob", "bbox_pred"]
+    ours, cv = run_both(tmp_path, RFCN_HEAD.format(fill=FILL), {"data": data, "rois": rois}, outputs)
+    for name, a, b in zip(outputs, ours, cv):
+        assert_close(a, b, what=name)
 
 
 # ---- Dropout scale_train ------------------------------------------------------------------
 
 def test_dropout_scale_train_false_scales_at_test_not_at_train():
     text = 'name: "d" type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.25 scale_train: false }'
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
     x = torch.rand(4000) + 1
-    test = LAYERS["Dropout"](lp, [x.shape])
+    test = make(text, [x.shape])
     assert torch.equal(test(x), x * float(np.float32(1 / np.float32(1 / (1 - np.float32(0.25))))))
-    from protocaffe.layer_types.base import BuildContext
-    train = LAYERS["Dropout"](lp, [x.shape], BuildContext(phase=caffe_pb2.TRAIN))
+    train = make(text, [x.shape], phase=caffe_pb2.TRAIN)
     y = train(x)
     kept = y != 0
     assert torch.equal(y[kept], x[kept])  # unscaled

@@ -6,15 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from opencv_dnn import run_both
-from protocaffe import schema
-from protocaffe.layer_types import LAYERS
-from protocaffe.proto import caffe_pb2
-
-
-def layer(text, shapes):
-    lp = schema.parse_text(text, caffe_pb2.LayerParameter)
-    return LAYERS[lp.type](lp, shapes)
+from fork_nets import make, run_both
 
 
 def reorg_reference(x, stride, reverse):
@@ -42,7 +34,7 @@ def reorg_reference(x, stride, reverse):
 def test_reorg_is_darknets_index_shuffle_and_its_gradient_the_transpose(stride, reverse):
     x = np.random.RandomState(stride).randn(2, 4 * stride ** 2, 2 * stride, 3 * stride).astype(np.float32)
     text = f'name: "r" type: "Reorg" bottom: "a" top: "b" reorg_param {{ stride: {stride} reverse: {str(reverse).lower()} }}'
-    reorg = layer(text, [x.shape])
+    reorg = make(text, [x.shape])
     xt = torch.from_numpy(x).requires_grad_()
     out = reorg(xt)
     want = reorg_reference(x, stride, reverse)
@@ -59,11 +51,11 @@ def test_reorg_is_darknets_index_shuffle_and_its_gradient_the_transpose(stride, 
 
 def test_reorg_needs_a_stride_and_divisible_sizes():
     with pytest.raises(Exception, match="reorg_param needs stride"):
-        layer('name: "r" type: "Reorg" bottom: "a" top: "b"', [(1, 8, 4, 4)])
+        make('name: "r" type: "Reorg" bottom: "a" top: "b"', [(1, 8, 4, 4)])
     with pytest.raises(Exception, match="C divisible by stride"):
-        layer('name: "r" type: "Reorg" bottom: "a" top: "b" reorg_param { stride: 2 }', [(1, 6, 4, 4)])
+        make('name: "r" type: "Reorg" bottom: "a" top: "b" reorg_param { stride: 2 }', [(1, 6, 4, 4)])
     with pytest.raises(Exception, match="cannot run in place"):
-        layer('name: "r" type: "Reorg" bottom: "a" top: "a" reorg_param { stride: 2 }', [(1, 8, 4, 4)])
+        make('name: "r" type: "Reorg" bottom: "a" top: "a" reorg_param { stride: 2 }', [(1, 8, 4, 4)])
 
 
 def region_reference(x, coords, classes, num):
@@ -91,7 +83,7 @@ def region_reference(x, coords, classes, num):
 
 def test_region_is_darknets_forward():
     x = np.random.RandomState(1).randn(2, 3 * (4 + 1 + 5), 3, 4).astype(np.float32) * 3
-    region = layer('name: "g" type: "Region" bottom: "a" top: "b" region_param { coords: 4 classes: 5 num: 3 }',
+    region = make('name: "g" type: "Region" bottom: "a" top: "b" region_param { coords: 4 classes: 5 num: 3 }',
                    [x.shape])
     assert_close(region(torch.from_numpy(x)).numpy(), region_reference(x, 4, 5, 3), rtol=1e-6, atol=1e-7)
 
@@ -126,10 +118,11 @@ def test_yolov2_tail_computes_opencvs_output(tmp_path):
     decodes the boxes, which the test does from protocaffe's activations with the same anchors."""
     anchors = np.array([1.5, 2.0, 3.0, 2.5], np.float32)
     data = np.random.RandomState(3).randn(1, 3, 16, 20).astype(np.float32)
-    ours, cv = run_both(tmp_path, YOLO_TAIL.format(fill=FILL, tail=OURS), {"data": data}, ["reorg", "region"],
-                        opencv_text=YOLO_TAIL.format(fill=FILL, tail=OPENCV), opencv_blobs={"region": [anchors]})
-    assert_close(ours["reorg"], cv["reorg"], what="reorg")
-    act = ours["region"][0]  # (2 anchors * 8, rows 4, cols 5)
+    (reorg, region), (cv_reorg, cv_region) = run_both(
+        tmp_path, YOLO_TAIL.format(fill=FILL, tail=OURS), {"data": data}, ["reorg", "region"],
+        opencv_text=YOLO_TAIL.format(fill=FILL, tail=OPENCV), opencv_blobs={"region": [anchors]})
+    assert_close(reorg, cv_reorg, what="reorg")
+    act = region[0]  # (2 anchors * 8, rows 4, cols 5)
     rows, cols = act.shape[1:]
     want = np.zeros((rows * cols * 2, 8), np.float32)
     for y in range(rows):
@@ -138,4 +131,4 @@ def test_yolov2_tail_computes_opencvs_output(tmp_path):
                 v = act[a * 8:(a + 1) * 8, y, x]
                 want[(y * cols + x) * 2 + a] = [(x + v[0]) / cols, (y + v[1]) / rows, np.exp(v[2]) * anchors[2 * a] / cols,
                                                 np.exp(v[3]) * anchors[2 * a + 1] / rows, v[4], *(v[4] * v[5:])]
-    assert_close(want, cv["region"], what="region")
+    assert_close(want, cv_region, what="region")

@@ -377,7 +377,7 @@ def test_command_errors_exit_1_with_one_line_and_leave_the_output_alone(tmp_path
     assert "not a text file" in capsys.readouterr().err
     assert out.read_text() == "previous\n"
     assert main(["upgrade_net_proto_binary", "only_one"]) == 1
-    assert "usage: protocaffe upgrade_net_proto_binary IN OUT" in capsys.readouterr().err
+    assert "usage: protocaffe upgrade_net_proto_binary [--dialect FORK] IN OUT" in capsys.readouterr().err
 
 
 def test_commands_in_a_subprocess(tmp_path):

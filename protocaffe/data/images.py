@@ -32,16 +32,17 @@ def read_list(path):
     return entries
 
 
-def read_image(path, height, width, is_color):
-    """An image file as (H, W, C) uint8 BGR (or gray), resized bilinearly to ``width`` x ``height``
-    when both are positive (Caffe's ReadImageToCVMat); None if it cannot be read."""
+def read_image(path, height, width, is_color, nearest=False):
+    """An image file as (H, W, C) uint8 BGR (or gray), resized bilinearly (or, for label images,
+    with nearest neighbour) to ``width`` x ``height`` when both are positive (Caffe's
+    ReadImageToCVMat); None if it cannot be read."""
     if not os.path.isfile(path):
         return None
     img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None
     if height > 0 and width > 0:
-        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
     return img[:, :, None] if img.ndim == 2 else img
 
 

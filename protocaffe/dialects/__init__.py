@@ -134,4 +134,6 @@ def read_binary(path, message_type, dialect=None):
     return recognise(fileio.parse_binary(data, message_type, os.fspath(path)), os.fspath(path))
 
 
-from protocaffe.dialects import ssd, faster_rcnn, rfcn, yolo, sphereface, caffe_face  # noqa: E402,F401 (registers the fork dialects)
+# importing the dialect modules registers them
+from protocaffe.dialects import ssd, densenet, segnet, pspnet, mobilenet, shufflenet, senet  # noqa: E402,F401
+from protocaffe.dialects import faster_rcnn, rfcn, yolo, sphereface, caffe_face  # noqa: E402,F401

@@ -18,7 +18,8 @@ from protocaffe import fileio, schema
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
-from protocaffe.proto.forks import rfcn_pb2  # noqa: F401 (LossParameter.pre_fixed_normalizer)
+from protocaffe.proto.forks import rfcn_pb2  # noqa: F401 (R-FCN's pre_fixed_normalizer in LossParameter)
+from protocaffe.proto.forks import segnet_pb2  # noqa: F401 (SegNet's class weights in LossParameter)
 
 FLT_MIN = 1.175494351e-38
 LOG_THRESHOLD = 1e-20
@@ -154,6 +155,12 @@ class SoftmaxWithLoss(_SoftmaxLoss):
     floored, as in Caffe. A label outside [0, C) that is not ignored is a CaffeError, checked
     on the host once per batch (one reduction and one device-to-host sync).
 
+    SegNet's and ENet's forks weigh classes: with loss_param ``weight_by_label_freqs`` each
+    position's term (and so its gradient, (p - onehot) w) is multiplied by
+    ``class_weighting[label]`` (one weight per class). The sum is still divided by the count
+    of positions, not by the weights' sum, as in those forks (they read the legacy
+    ``normalize``, which protocaffe's rule above applies while ``normalization`` is unset).
+
     R-FCN's Caffe adds a third top, shaped like the label: each position's loss (0 where
     ignored), without gradient, for BoxAnnotatorOHEM to rank regions by.
     """
@@ -165,6 +172,15 @@ class SoftmaxWithLoss(_SoftmaxLoss):
         self.axis = _class_axis(self, bottom_shapes, self.param.softmax_param.axis)
         self.mode = normalization_mode(self.param.loss_param)
         self.ignore = _ignore_label(self.param.loss_param)
+        weights = None
+        if schema.get(self.param.loss_param, "weight_by_label_freqs"):
+            weights = list(schema.get(self.param.loss_param, "class_weighting"))
+            classes = bottom_shapes[0][self.axis]
+            if len(weights) != classes:
+                raise self.error(f"weight_by_label_freqs needs one class_weighting per class ({classes}), "
+                                 f"found {len(weights)}")
+            weights = torch.tensor(weights)
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def top_shapes(self, bottom_shapes):
         return [(), bottom_shapes[0], bottom_shapes[1]][:len(self.param.top)]
@@ -174,12 +190,15 @@ class SoftmaxWithLoss(_SoftmaxLoss):
         lab = _labels(label).reshape(-1)
         valid = _valid(lab, self.ignore)
         _check_labels(self, lab, valid, x.shape[self.axis])
-        picked = _per_position(logp, self.axis).gather(1, torch.where(valid, lab, 0)[:, None])[:, 0]
-        each = -(_floored_log(picked, FLT_MIN) * valid)
-        tops = self._tops(each.sum(), x, logp, valid)
+        safe = torch.where(valid, lab, 0)
+        picked = _per_position(logp, self.axis).gather(1, safe[:, None])[:, 0]
+        terms = _floored_log(picked, FLT_MIN) * valid
+        if self.class_weights is not None:
+            terms = terms * self.class_weights.to(x.dtype)[safe]
+        tops = self._tops(-terms.sum(), x, logp, valid)
         if len(self.param.top) < 3:
             return tops
-        return (*tops, each.detach().reshape(label.shape))
+        return (*tops, -terms.detach().reshape(label.shape))
 
 
 @register

@@ -29,10 +29,10 @@ def _conv_dims(layer, p, repeated, single_h=None, single_w=None, fallback=None, 
                       f"{len(values)} values {values}")
 
 
-def _add_bias(layer, p):
-    """The optional bias blob of (num_output,) shared by Convolution, InnerProduct and Embed."""
+def _add_bias(layer, p, size):
+    """The optional bias blob of (size,) (num_output) shared by Convolution, InnerProduct and Embed."""
     if p.bias_term:
-        layer.add_blob("bias", (p.num_output,), p.bias_filler)
+        layer.add_blob("bias", (size,), p.bias_filler)
     else:
         layer.bias = None
         layer.blob_names = ("weight",)
@@ -59,24 +59,28 @@ class _ConvBase(Layer):
                            ("dilation", self.dilation)):
             if 0 in dims:
                 raise self.error(f"{what} must be positive, found {dims}")
-        if p.num_output == 0:
-            raise self.error("num_output must be positive, found 0")
-        self.group = p.group
         channels = shape[self.axis]
-        if channels % self.group or p.num_output % self.group:
-            raise self.error(f"channels ({channels}) and num_output ({p.num_output}) must be "
+        self.num_output, self.group = self.outputs_and_group(p, channels)
+        if self.num_output == 0:
+            raise self.error("num_output must be positive, found 0")
+        if channels % self.group or self.num_output % self.group:
+            raise self.error(f"channels ({channels}) and num_output ({self.num_output}) must be "
                              f"divisible by group ({self.group})")
         out = self.top_shapes(bottom_shapes)[0][self.axis + 1:]
         if min(out) <= 0:
             raise self.error(f"kernel {self.kernel} (dilation {self.dilation}, pad {self.pad}, "
                              f"stride {self.stride}) does not fit the input size "
                              f"{tuple(shape[self.axis + 1:])}: output size {out}")
-        self.add_blob("weight", self.weight_shape(channels, p.num_output), p.weight_filler)
-        _add_bias(self, p)
+        self.add_blob("weight", self.weight_shape(channels, self.num_output), p.weight_filler)
+        _add_bias(self, p, self.num_output)
+
+    def outputs_and_group(self, p, channels):
+        """The output channels and the group count: convolution_param's."""
+        return p.num_output, p.group
 
     def top_shapes(self, bottom_shapes):
         shape = bottom_shapes[0]
-        return [tuple(shape[:self.axis]) + (self.param.convolution_param.num_output,)
+        return [tuple(shape[:self.axis]) + (self.num_output,)
                 + tuple(self.out_size(s, k, st, p, d) for s, k, st, p, d in
                         zip(shape[self.axis + 1:], self.kernel, self.stride, self.pad, self.dilation))]
 
@@ -178,8 +182,14 @@ class Pooling(Layer):
     sum(x^2) / sum(x) over the window, 0 where the sum is not positive. BVLC Caffe has this
     on the GPU only; the TEST output gets autograd's gradient of that formula, where Caffe
     has no TEST backward.
+
+    A second top (MAX only) is Caffe's argmax mask, shaped like the first: for each window the
+    flat index h * W + w of its maximum in the (n, c) input plane, the first maximum in
+    row-major order, as floats; -1 where a window holds no input value. It carries no
+    gradient. SegNet's and ENet's Upsample layers unpool with it.
     """
     type = "Pooling"
+    num_tops = (1, 2)
 
     def setup(self, bottom_shapes):
         p = self.param.pooling_param
@@ -202,6 +212,10 @@ class Pooling(Layer):
             if any(pd >= k for pd, k in zip(self.pad, self.kernel)):
                 raise self.error(f"pad {self.pad} must be smaller than kernel {self.kernel}")
         self.ceil = p.round_mode == PoolMethod.CEIL
+        self.with_mask = len(self.param.top) == 2
+        if self.with_mask and self.method != PoolMethod.MAX:
+            raise self.error(f"a second top (the argmax mask) needs MAX pooling, found "
+                             f"{PoolMethod.PoolMethod.Name(self.method)}")
         self._divisors = {}
         self._check_out(bottom_shapes[0])
 
@@ -239,7 +253,7 @@ class Pooling(Layer):
 
     def top_shapes(self, bottom_shapes):
         n, c, h, w = bottom_shapes[0]
-        return [(n, c) + self._out(h, w)]
+        return [(n, c) + self._out(h, w)] * len(self.param.top)
 
     def _divisor(self, h, w, device):
         """Per-output window sizes for AVE: each window clipped to [-pad, size + pad)."""
@@ -269,13 +283,22 @@ class Pooling(Layer):
             if not any(self.pad) and all((o - 1) * st < size for o, st, size in zip(out, self.stride, (h, w))):
                 # unpadded, every window starting inside the input: PyTorch's rounding (ceil_mode) and clipping
                 # of the last window are Caffe's, and x is not copied into a padded tensor
-                return F.max_pool2d(x, k, self.stride, ceil_mode=self.ceil)
+                pooled = F.max_pool2d(x, k, self.stride, ceil_mode=self.ceil, return_indices=self.with_mask)
+                return (pooled[0], pooled[1].to(x.dtype)) if self.with_mask else pooled
             # Caffe starts each window at -FLT_MAX: a window holding no input value gives it
-            return F.max_pool2d(self._padded(x, torch.finfo(x.dtype).min), k, self.stride)
+            padded = self._padded(x, torch.finfo(x.dtype).min)
+            pooled = F.max_pool2d(padded, k, self.stride, return_indices=self.with_mask)
+            return (pooled[0], self._mask(pooled[1], h, w, padded.shape[-1]).to(x.dtype)) if self.with_mask else pooled
         if self.method == PoolMethod.AVE:
             sums = F.avg_pool2d(self._padded(x, 0.0), k, self.stride, divisor_override=1)
             return sums / self._divisor(h, w, x.device)
         return self._stochastic(x, k)
+
+    def _mask(self, index, h, w, padded_w):
+        """Indices into the padded plane as Caffe's mask: h * W + w in the input plane, -1 outside it."""
+        row, col = index // padded_w - self.pad[0], index % padded_w - self.pad[1]
+        inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        return torch.where(inside, row * w + col, -1)
 
     def _stochastic(self, x, k):
         # (N, C, H', W', kh kw): each window's values in Caffe's order, zeros where clipped
@@ -377,7 +400,7 @@ class InnerProduct(Layer):
         k = count(shape, self.axis)
         self.transpose = p.transpose
         self.add_blob("weight", (k, p.num_output) if p.transpose else (p.num_output, k), p.weight_filler)
-        _add_bias(self, p)
+        _add_bias(self, p, p.num_output)
 
     def top_shapes(self, bottom_shapes):
         return [tuple(bottom_shapes[0][:self.axis]) + (self.param.inner_product_param.num_output,)]
@@ -402,7 +425,7 @@ class Embed(Layer):
     def setup(self, bottom_shapes):
         p = self.param.embed_param
         self.add_blob("weight", (p.input_dim, p.num_output), p.weight_filler)
-        _add_bias(self, p)
+        _add_bias(self, p, p.num_output)
 
     def top_shapes(self, bottom_shapes):
         return [tuple(bottom_shapes[0]) + (self.param.embed_param.num_output,)]

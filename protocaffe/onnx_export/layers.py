@@ -97,6 +97,8 @@ def pooling(g, layer, xs, shapes):
     """MAX: MaxPool with Caffe's pads (padding never wins). AVE: zero Pad, AveragePool (sum / kh kw),
     then times kh kw / Caffe's divisor, the window clipped to [-pad, H + pad) (so padding counts,
     the overhang past it does not). Global pooling: GlobalMaxPool / GlobalAveragePool."""
+    if layer.with_mask:
+        raise layer.error("its argmax mask top (SegNet's) has no faithful ONNX form here")
     if layer.method not in (MAX, AVE):
         raise layer.error("STOCHASTIC pooling draws at random in TRAIN and has no ONNX pooling op; "
                           "only MAX and AVE pooling export")
