@@ -16,12 +16,12 @@ The public API, shaped like pycaffe's (``import protocaffe as caffe``):
 - ``export_onnx(net, path, ...)``: the net as an ONNX model (needs the ``onnx`` extra)
 """
 from protocaffe import draw, io
+from protocaffe._version import CAFFE_VERSION
 from protocaffe.errors import CaffeError
-from protocaffe.layer_types.python import Layer
 from protocaffe.net import CaffeNet, build_net
 from protocaffe.net_spec import NetSpec, layers, params, to_proto
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe import (NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Net,
+from protocaffe.pycaffe import (NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Layer, Net,
                                 NesterovSolver, RMSPropSolver, SGDSolver, Solver, TEST, TRAIN, Timer,
                                 get_solver, has_nccl, init_log, layer_type_list, set_device,
                                 set_mode_cpu, set_mode_gpu, set_multiprocess, set_random_seed,
@@ -30,8 +30,9 @@ from protocaffe.pycaffe import (NCCL, AdaDeltaSolver, AdaGradSolver, AdamSolver,
 from protocaffe.classifier import Classifier
 from protocaffe.detector import Detector
 
-__version__ = "1.0.0"
-"""The Caffe release whose pycaffe API this follows (pycaffe's ``caffe.__version__``)."""
+__version__ = CAFFE_VERSION
+"""The Caffe release whose pycaffe API this follows (pycaffe's ``caffe.__version__``); protocaffe's
+own version is ``protocaffe._version.VERSION`` (``protocaffe --version`` prints both)."""
 
 __all__ = [
     "Blob", "CaffeError", "CaffeNet", "Net", "TEST", "TRAIN", "build_net", "caffe_pb2",

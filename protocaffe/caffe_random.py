@@ -9,7 +9,8 @@ replays them, in float32 arithmetic as Caffe's float build computes them:
 - :func:`uniform`: ``caffe_rng_uniform`` (``boost::uniform_real<float>(a, nextafter(b))``);
 - :func:`gaussian`: ``caffe_rng_gaussian`` (``boost::normal_distribution<float>``, Boost
   1.74's ziggurat with its exponential tail; a variable number of draws per value);
-- :func:`bernoulli`: ``caffe_rng_bernoulli`` (``boost::bernoulli_distribution``).
+- :func:`bernoulli`: ``caffe_rng_bernoulli`` (``boost::bernoulli_distribution``);
+- :class:`CRand`: the C library's ``rand()``, which ``std::random_shuffle`` draws from.
 
 The ziggurat tables are computed here from their definition (128 normal and 256
 exponential layers of equal area), to 40 digits with mpmath, then rounded to double:
@@ -50,34 +51,43 @@ def mt19937(seed):
 class Stream:
     """The outputs of ``mt19937(seed)``: ``raw(start, count)`` gives outputs start ..
     start + count - 1 (uint64 array), ``next(count)`` the ones after the last read.
-    Reading forward costs only the outputs skipped; reading backward starts again."""
+    Reading forward costs only the outputs skipped; reading backward starts again.
+    Outputs looked at with ``peek`` are kept until read or skipped."""
 
     def __init__(self, seed):
         self.seed = seed
         self.generator, self.position = mt19937(seed), 0
+        self._ahead = np.empty(0, np.uint64)  # outputs drawn from the generator, not yet read
         #: set when a layer whose draws are not replayed (a recurrent net, a Python layer, ...)
         #: took values from Caffe's stream: what follows can no longer be Caffe's
         self.lost = False
 
     def raw(self, start, count):
         if start < self.position:
-            self.generator, self.position = mt19937(self.seed), 0
-        while self.position < start:
-            skip = min(start - self.position, 1 << 24)
-            self.generator.random_raw(skip)
-            self.position += skip
-        self.position += count
-        return self.generator.random_raw(count)
+            self.generator, self.position, self._ahead = mt19937(self.seed), 0, np.empty(0, np.uint64)
+        skip = start - self.position
+        ahead = min(skip, len(self._ahead))
+        self._ahead, skip = self._ahead[ahead:], skip - ahead
+        while skip:
+            step = min(skip, 1 << 24)
+            self.generator.random_raw(step)
+            skip -= step
+        self.position = start + count
+        if count <= len(self._ahead):
+            values, self._ahead = self._ahead[:count], self._ahead[count:]
+            return values
+        values = np.concatenate([self._ahead, self.generator.random_raw(count - len(self._ahead))])
+        self._ahead = self._ahead[:0]
+        return values
 
     def next(self, count=1):
         return self.raw(self.position, count)
 
     def peek(self, count):
         """The next ``count`` outputs, without moving on."""
-        state = self.generator.state
-        values = self.generator.random_raw(count)
-        self.generator.state = state
-        return values
+        if len(self._ahead) < count:
+            self._ahead = np.concatenate([self._ahead, self.generator.random_raw(count - len(self._ahead))])
+        return self._ahead[:count]
 
 
 # ---- uniform and bernoulli ---------------------------------------------------------------
@@ -86,15 +96,23 @@ def uniform(stream, n, low, high):
     """``caffe_rng_uniform(n, low, high)``: float32 values in [low, high]. Boost's
     uniform_real over [low, nextafter(high)) turns each output into one value and skips an
     output whose value rounds up to that bound, so the values are the accepted ones in order."""
-    low, top = F(low), np.nextafter(F(high), F(np.inf))
-    span, divisor = F(top - low), F(F(4294967295.0) + F(1.0))
     parts, missing = [], n
     while missing:
-        values = (stream.next(missing).astype(np.float32) / divisor * span + low).astype(np.float32)
-        values = values[values < top]
-        parts.append(values)
-        missing -= len(values)
+        values, accepted = uniform_values(stream.next(missing), low, high)
+        parts.append(values[accepted])
+        missing -= int(accepted.sum())
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def uniform_values(raw, low, high):
+    """The values Boost's uniform_real over [low, nextafter(high)) makes of the outputs ``raw``
+    (``low`` and ``high`` may be arrays, one bound per output), and whether each is accepted
+    (an output whose value rounds up to the open bound is skipped and the next one taken)."""
+    low = np.asarray(low, np.float32)
+    top = np.nextafter(np.asarray(high, np.float32), F(np.inf))
+    span, divisor = (top - low).astype(np.float32), F(F(4294967295.0) + F(1.0))
+    values = (np.asarray(raw).astype(np.float32) / divisor * span + low).astype(np.float32)
+    return values, values < top
 
 
 def bernoulli(stream, n, p, dtype=np.float64):
@@ -334,3 +352,37 @@ def shuffle(values, stream):
     for i, j in zip(range(n - 1, 0, -1), picks.tolist()):
         values[i], values[j] = values[j], values[i]
     return values
+
+
+# ---- the C library's rand() (std::random_shuffle) -------------------------------------------
+
+class CRand:
+    """The C library's ``rand()`` as glibc computes it (its TYPE_3 additive generator), from
+    seed 1: the stream Caffe's ``std::random_shuffle`` draws from (libstdc++'s shuffle calls
+    ``rand()``; Caffe never calls ``srand``), so Caffe's HDF5 shuffles are the same in every
+    run, whatever the solver's random_seed, and so are protocaffe's. (So are the SSD fork's
+    channel reorderings in distort_param.)"""
+
+    def __init__(self, seed=1):
+        state = [seed or 1]
+        for _ in range(30):
+            hi, lo = divmod(state[-1], 127773)
+            word = 16807 * lo - 2836 * hi
+            state.append(word + 2147483647 if word < 0 else word)
+        self.state = state + state[:3]
+        for _ in range(310):
+            self.rand()
+
+    def rand(self):
+        state = self.state
+        value = (state[-31] + state[-3]) & 0xFFFFFFFF
+        state.append(value)
+        if len(state) > 64:
+            del state[:-34]
+        return value >> 1
+
+    def shuffle(self, values):
+        """libstdc++'s ``std::random_shuffle(first, last)``, in place."""
+        for i in range(1, len(values)):
+            j = self.rand() % (i + 1)
+            values[i], values[j] = values[j], values[i]

@@ -3,19 +3,23 @@
 Each command lives in its own module as ``run(argv) -> int``; this file only
 dispatches and guards. Flags follow Caffe's gflags spellings: ``-solver x``,
 ``--solver x`` and ``--solver=x`` all work. Global flags, accepted anywhere:
-``--help``, ``--version`` and ``--debug`` (show the traceback of any failure).
+``--help``, ``--version``, ``--debug`` (show the traceback of any failure) and
+``--no_python_layers`` (refuse nets whose Python layers would import code).
 
 The guard: a :class:`CaffeError` becomes one line ``protocaffe CMD: error: ...``
 and exit 1; any other exception (a bug in protocaffe) becomes one line naming it
 with a hint to rerun with ``--debug``, also exit 1.
 """
+import contextlib
 import importlib
 import os
 import sys
 import traceback
 
+from protocaffe._version import CAFFE_VERSION, VERSION
 from protocaffe.errors import CaffeError, did_you_mean
 from protocaffe.layer_types import loss as loss_layers
+from protocaffe.layer_types.python import NO_PYTHON_LAYERS
 
 COMMANDS = {
     # caffe's own subcommands
@@ -28,6 +32,10 @@ COMMANDS = {
     "compute_image_mean": "protocaffe.data.compute_image_mean",
     "compute_pca": "protocaffe.data.pca",
     "make_shapes": "protocaffe.datasets.shapes",
+    # the SSD fork's tools
+    "convert_annoset": "protocaffe.data.annotated.convert_annoset",
+    "create_label_map": "protocaffe.data.annotated.create_label_map",
+    "get_image_size": "protocaffe.data.annotated.get_image_size",
     "export_onnx": "protocaffe.commands.export_onnx",
     "upgrade_net_proto_text": "protocaffe.upgrade_tools",
     "upgrade_net_proto_binary": "protocaffe.upgrade_tools",
@@ -50,6 +58,9 @@ DESCRIPTIONS = {
     "compute_image_mean": "compute the mean image of an LMDB into a .binaryproto",
     "compute_pca": "compute the colour PCA of an LMDB (AlexNet's lighting augmentation)",
     "make_shapes": "draw the built-in shapes dataset (examples/shapes)",
+    "convert_annoset": "convert images and box annotations into an LMDB of AnnotatedDatum (SSD)",
+    "create_label_map": "write a LabelMap prototxt from a list of class names (SSD)",
+    "get_image_size": "list the height and width of each image of a list (SSD)",
     "upgrade_net_proto_text": "upgrade a V0/V1 net prototxt to the current format",
     "upgrade_net_proto_binary": "upgrade a V0/V1 .caffemodel to the current format",
     "upgrade_solver_proto_text": "upgrade a solver prototxt (solver_type -> type)",
@@ -62,6 +73,7 @@ DESCRIPTIONS = {
 }
 
 GLOBAL_FLAGS = ("--debug", "-debug")
+NO_PYTHON_FLAGS = ("--no_python_layers", "-no_python_layers")
 
 # data that an example builds in a step of its own: a missing file there gets the step as a hint
 DATA_STEPS = {"examples/shapes/data": "bash examples/shapes/train.sh builds it first "
@@ -80,29 +92,30 @@ def usage():
     lines = [f"  {name:<{width}}  {_description(name)}" for name in COMMANDS]
     return ("usage: protocaffe <command> [flags]   (protocaffe <command> --help for its flags)\n\n"
             "commands:\n" + "\n".join(lines) + "\n\nglobal flags:\n"
-            "  --help     this message\n  --version  protocaffe's version\n"
-            "  --debug    show the full traceback of any failure; check labels on the GPU too\n")
+            "  --help              this message\n"
+            "  --version           protocaffe's version and the Caffe release it follows\n"
+            "  --debug             show the full traceback of any failure; check labels on the GPU too\n"
+            "  --no_python_layers  refuse nets whose Python layers would import code "
+            f"(in the API: {NO_PYTHON_LAYERS}=1)\n")
 
 
 def version():
-    from importlib.metadata import PackageNotFoundError, version as dist_version
-    try:
-        return dist_version("protocaffe")
-    except PackageNotFoundError:
-        return "unknown"
+    """``protocaffe X (Caffe 1.0.0 compatible)``: protocaffe's own version and the Caffe release it follows."""
+    return f"protocaffe {VERSION} (Caffe {CAFFE_VERSION} compatible)"
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = any(a in GLOBAL_FLAGS for a in argv)
-    argv = [a for a in argv if a not in GLOBAL_FLAGS]
+    refuse_python = any(a in NO_PYTHON_FLAGS for a in argv)
+    argv = [a for a in argv if a not in GLOBAL_FLAGS + NO_PYTHON_FLAGS]
     if not argv or argv[0] in ("-h", "--help", "-help", "help"):
         if len(argv) > 1 and argv[0] == "help":
             return main(argv[1:2] + ["--help"])
         print(usage(), end="")
         return 0 if argv else 2
     if argv[0] in ("--version", "-version"):
-        print(f"protocaffe {version()}")
+        print(version())
         return 0
     name, rest = argv[0], argv[1:]
     loss_layers.CHECK_DEVICE_LABELS = debug
@@ -110,7 +123,25 @@ def main(argv=None):
         print(f"protocaffe: error: unknown command '{name}'{did_you_mean(name, COMMANDS)}; "
               "'protocaffe --help' lists the commands", file=sys.stderr)
         return 2
-    return _guarded(name, rest, debug)
+    with _environment(NO_PYTHON_LAYERS, "1" if refuse_python else None):
+        return _guarded(name, rest, debug)
+
+
+@contextlib.contextmanager
+def _environment(name, value):
+    """``name=value`` in the environment while a command runs (and in the processes it starts);
+    nothing changes for a None value."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if saved is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = saved
 
 
 def _guarded(name, rest, debug):

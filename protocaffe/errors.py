@@ -13,6 +13,12 @@ class CaffeError(Exception):
     """A user-facing error: the message is complete and needs no traceback."""
 
 
+class MissingExtraError(CaffeError, ImportError):
+    """An optional package (an extra, such as ``onnx``) is not installed. A CaffeError, so the
+    command line prints its one line; an ImportError, so ``try: import ... except ImportError``
+    and package walkers (pkgutil.walk_packages) treat the module as any optional one."""
+
+
 def did_you_mean(word, choices):
     """`` (did you mean 'x'?)`` naming the closest of ``choices`` to ``word``, or ''.
 

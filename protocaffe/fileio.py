@@ -3,6 +3,9 @@
 Text errors read ``path:line:col: message``; binary errors name the file and
 the message type that was expected. Writes go to a temporary file in the same
 folder and are renamed into place, so a failure never leaves half a file.
+A message holds at most 2 GiB - 1 bytes (protobuf's limit, Caffe's reader's
+``INT_MAX``): a larger file is refused before it is read, a larger message before
+it is written.
 """
 import os
 import secrets
@@ -15,11 +18,23 @@ from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
 
 
+MAX_MESSAGE_BYTES = 2**31 - 1
+"""The most bytes protobuf holds in one message (Caffe's reader stops there too: INT_MAX)."""
+
+
+def _check_size(size, path, doing="read"):
+    if size > MAX_MESSAGE_BYTES:
+        raise CaffeError(f"{path}: cannot {doing} {size} bytes as one protobuf message; protobuf "
+                         f"(and Caffe) hold at most {MAX_MESSAGE_BYTES} bytes (2 GiB)")
+
+
 def _read_bytes(path):
+    """The bytes of a protobuf file (text or binary), refused before reading when over 2 GiB."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CaffeError(f"{path}: is a directory, expected a file")
     try:
+        _check_size(os.path.getsize(path), path)
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
@@ -47,7 +62,7 @@ def read_text(path, message_type):
 
 
 def read_binary(path, message_type):
-    """Read a binary proto (.caffemodel, .solverstate, .binaryproto) of any size."""
+    """Read a binary proto (.caffemodel, .solverstate, .binaryproto) of up to 2 GiB."""
     return parse_binary(_read_bytes(path), message_type, os.fspath(path))
 
 
@@ -97,6 +112,7 @@ def write_text(msg, path):
 
 def write_binary(msg, path):
     """Write ``msg`` in the binary wire format, as Caffe's WriteProtoToBinaryFile."""
+    _check_size(msg.ByteSize(), os.fspath(path), "write")
     _atomic_write(path, msg.SerializeToString())
 
 

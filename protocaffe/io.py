@@ -71,7 +71,8 @@ def load_image(filename, color=True):
     try:
         raw = skimage.io.imread(filename, as_gray=not color)
     except (OSError, ValueError) as e:
-        raise CaffeError(f"{filename}: cannot read image ({e})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CaffeError(f"{filename}: cannot read image ({reason})") from None
     img = skimage.img_as_float(raw).astype(np.float32)
     if img.ndim == 2:
         img = img[:, :, np.newaxis]

@@ -11,6 +11,7 @@
 with autograd, AMP and ``torch.compile``. The pycaffe-shaped API on top of it
 lives in :mod:`protocaffe.pycaffe`.
 """
+import math
 import os
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ from torch import nn
 from protocaffe import caffe_random, dialects, fileio, netlog, plugins
 from protocaffe.errors import CaffeError
 from protocaffe.data import dense, hdf5, layers as data_layers, window  # noqa: F401 (registers the data layer types)
+from protocaffe.data.annotated import layer as annotated_layer  # noqa: F401 (registers AnnotatedData)
 from protocaffe.layer_types import BuildContext, layer_class
 from protocaffe.log import LOGGER as log
+from protocaffe.memory import Budget
 from protocaffe.proto import caffe_pb2
 from protocaffe.upgrade import upgrade_net
 
@@ -170,6 +173,36 @@ def _mark_backward(plan, force_backward):
             under_loss.update(step.bottoms)
 
 
+def _in_place(lp, i):
+    """Whether top ``i`` of a layer is computed in place: it names bottom ``i`` (Caffe's rule)."""
+    return i < len(lp.bottom) and lp.bottom[i] == lp.top[i]
+
+
+def _check_top_names(lp, producers):
+    """Caffe's AppendTop: top i may repeat a blob's name only in place (top i is bottom i);
+    a name that an earlier top already made (or this layer's own) is an error."""
+    for i, top in enumerate(lp.top):
+        if _in_place(lp, i):
+            continue
+        if top in producers:
+            raise CaffeError(f"layer '{lp.name}' (type {lp.type}): top blob '{top}' produced by "
+                             f"multiple sources (layer '{producers[top]}' made it already); only an "
+                             f"in-place top (top {i} named as bottom {i}) may write a blob again")
+        producers[top] = lp.name
+
+
+def _claim_memory(layer, lp, tops, budget):
+    """Caffe's Blob::Reshape refuses a negative dimension; the new tops (those not in place)
+    are claimed from the net's memory budget before anything of theirs is allocated."""
+    for name, shape in zip(lp.top, tops):
+        if any(d < 0 for d in shape):
+            raise layer.error(f"top '{name}' would have shape {shape}: a dimension is negative")
+    new = [i for i in range(len(tops)) if not _in_place(lp, i)]
+    if new:
+        shown = ", ".join(f"'{lp.top[i]}' ({'x'.join(map(str, tops[i]))})" for i in new)
+        budget.claim(layer, f"top{'s' * (len(new) > 1)} {shown}", sum(math.prod(tops[i]) for i in new))
+
+
 def _shapes_match(a, b, mode):
     if mode == caffe_pb2.ParamSpec.PERMISSIVE:
         return a.numel() == b.numel()
@@ -196,8 +229,9 @@ class CaffeNet(nn.Module):
             generator.seed()
         if caffe_stream is None and seed is not None and seed >= 0:
             caffe_stream = caffe_random.Stream(int(seed))
-        self.ctx = BuildContext(phase=self.phase, generator=generator, device=torch.device(device or "cpu"),
-                                caffe_stream=caffe_stream)
+        device = torch.device(device or "cpu")
+        self.ctx = BuildContext(phase=self.phase, generator=generator, device=device,
+                                caffe_stream=caffe_stream, memory=Budget(device))
         self.layers = nn.ModuleDict()
         self.plan = []
         self.blob_shapes = {}
@@ -214,19 +248,21 @@ class CaffeNet(nn.Module):
     def _build(self):
         shapes = self.blob_shapes
         owners = {}  # ParamSpec name -> (layer, blob name, layer name)
+        producers = {}  # blob name -> the layer that made it
         for lp in self.param.layer:
             cls = layer_class(lp)
             for b in lp.bottom:
                 if b not in shapes:
                     raise CaffeError(f"layer '{lp.name}' (type {lp.type}): unknown bottom blob '{b}'; "
                                      f"blobs so far: {', '.join(shapes) or 'none'}")
+            _check_top_names(lp, producers)
             bottom_shapes = [shapes[b] for b in lp.bottom]
             layer = cls(lp, bottom_shapes, self.ctx)
             if self.ctx.caffe_stream is not None and not layer.replays_caffe_draws:
                 self.ctx.caffe_stream.lost = True
-            tops = layer.top_shapes(bottom_shapes)
-            for name, shape in zip(lp.top, tops):
-                shapes[name] = tuple(int(d) for d in shape)
+            tops = [tuple(int(d) for d in shape) for shape in layer.top_shapes(bottom_shapes)]
+            _claim_memory(layer, lp, tops, self.ctx.memory)
+            shapes.update(zip(lp.top, tops))
             key = _module_key(lp.name, self.layers)
             self.layers[key] = layer
             is_input = lp.type == "Input"

@@ -15,33 +15,40 @@ single value given to a repeated field becomes a one-item list. ``ntop=k`` gives
 k tops (0 gives the layer itself), ``in_place=True`` writes the top over the
 bottom. Tops assigned to a NetSpec are named after the attribute; others are
 named ``<Type><count>``. Layers come out in the order that first reaches them,
-bottoms before the layers that use them.
+bottoms before the layers that use them. A fork's fields go by their bare names, as in
+the fork's own pycaffe (``L.PriorBox(n.conv, n.data, min_size=30.0)``,
+``L.Normalize(n.conv4_3, norm_param=dict(across_spatial=False))``), and ``str()`` of the
+result prints them so.
 """
 from collections import Counter, OrderedDict
 
+from google.protobuf import message_factory
+
+from protocaffe import schema
 from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
 
 
-def _type_param_fields():
-    """Layer type -> its ``*_param`` field, from the message names (ConvolutionParameter -> convolution_param)."""
-    table = {}
-    for field in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
-        if field.name.endswith("_param") and field.message_type is not None:
-            table[field.message_type.name[:-len("Parameter")]] = field.name
-    return table
-
-
-_TYPE_PARAM = _type_param_fields()
+def _type_param(type_name):
+    """The ``*_param`` field of a layer type, from the message names (ConvolutionParameter ->
+    convolution_param; a fork's too: NormalizeParameter -> norm_param), or None."""
+    descriptor = caffe_pb2.LayerParameter.DESCRIPTOR
+    for name in schema.field_names(descriptor):
+        field = schema.field(descriptor, name)
+        if name.endswith("_param") and field.message_type is not None \
+                and field.message_type.name == type_name + "Parameter":
+            return name
+    return None
 
 
 def _has_field(msg, name):
-    return name in msg.DESCRIPTOR.fields_by_name
+    return schema.field(msg.DESCRIPTOR, name) is not None
 
 
 def _assign(msg, name, value):
-    """Set ``msg.name`` from a Python value: dict -> sub-message, list -> repeated field."""
-    field = getattr(msg, name)
+    """Set ``msg.name`` (a fork's field by its bare name too) from a Python value: dict ->
+    sub-message, list -> repeated field."""
+    field = schema.get(msg, name)
     repeated = hasattr(field, "extend")
     if repeated and not isinstance(value, list):
         value = [value]
@@ -54,7 +61,7 @@ def _assign(msg, name, value):
     elif isinstance(value, dict):
         _assign_dict(field, value)
     else:
-        setattr(msg, name, value)
+        schema.assign(msg, name, value)
 
 
 def _assign_dict(msg, values):
@@ -123,10 +130,10 @@ class Function:
 
     def _set_param(self, layer, key, value):
         """A keyword goes to the type's own ``*_param`` when it has that field, else to the layer."""
-        typed = _TYPE_PARAM.get(self.type_name)
+        typed = _type_param(self.type_name)
         target = layer
-        if not key.endswith("param") and typed and _has_field(getattr(layer, typed), key):
-            target = getattr(layer, typed)
+        if not key.endswith("param") and typed and _has_field(schema.get(layer, typed), key):
+            target = schema.get(layer, typed)
         if not _has_field(target, key):
             raise CaffeError(f"layer {layer.name} ({self.type_name}): no parameter '{key}' "
                              f"in {typed or 'its type'} or LayerParameter")
@@ -189,15 +196,17 @@ class Layers:
 
 
 class Parameters:
-    """``P.<Type>.<CONSTANT>``: an enum value of ``<Type>Parameter``, e.g. ``P.Pooling.MAX``."""
+    """``P.<Type>.<CONSTANT>``: an enum value of ``<Type>Parameter``, e.g. ``P.Pooling.MAX``;
+    a fork's messages too (``P.PriorBox.CENTER_SIZE``)."""
 
     def __getattr__(self, type_name):
         if type_name.startswith("__"):
             raise AttributeError(type_name)
-        message = getattr(caffe_pb2, type_name + "Parameter", None)
-        if message is None:
-            raise AttributeError(f"caffe.proto has no message {type_name}Parameter")
-        return _Constants(message)
+        try:
+            descriptor = caffe_pb2.DESCRIPTOR.pool.FindMessageTypeByName(f"caffe.{type_name}Parameter")
+        except KeyError:
+            raise AttributeError(f"caffe.proto and the loaded forks have no message {type_name}Parameter") from None
+        return _Constants(message_factory.GetMessageClass(descriptor))
 
 
 class _Constants:

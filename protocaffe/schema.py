@@ -10,8 +10,12 @@ code address any field, ordinary or extension, by name:
 
     get(layer_param, "prior_box_param")       # the sub-message (or value)
     has(layer_param, "prior_box_param")       # whether the file sets it
+    assign(layer_param, "prior_box_param", m) # set a value, or merge a message
     parse_text(text, caffe_pb2.NetParameter)  # prototxt with bare extension names
     to_text(message)                          # and back, as the fork writes it
+
+``str()`` of any message of caffe.proto is ``to_text``: what pycaffe's users print (a net
+made by net_spec, a solver) reads as the fork's own text.
 """
 import re
 
@@ -19,6 +23,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import text_format
 
 from protocaffe.errors import CaffeError
+from protocaffe.proto import caffe_pb2
 
 MAX_TEXT_DEPTH = 100
 """Nesting depth at which a prototxt is refused (protobuf's recommended limit for text)."""
@@ -66,6 +71,20 @@ def get(message, name):
     if ext is None:
         raise AttributeError(f"{message.DESCRIPTOR.full_name} has no field or loaded extension '{name}'")
     return message.Extensions[ext]
+
+
+def assign(message, name, value):
+    """``message.<name> = value`` for an ordinary field or an extension; a message value is
+    merged in (protobuf does not assign sub-messages)."""
+    f = field(message.DESCRIPTOR, name)
+    if f is None:
+        raise AttributeError(f"{message.DESCRIPTOR.full_name} has no field or loaded extension '{name}'")
+    if f.message_type is not None and not f.is_repeated:
+        get(message, name).MergeFrom(value)
+    elif f.is_extension:
+        message.Extensions[f] = value
+    else:
+        setattr(message, name, value)
 
 
 def has(message, name):
@@ -141,6 +160,22 @@ _BRACKETED = re.compile(r"^(\s*)\[([\w.]+)\]", re.M)
 
 
 def to_text(message):
-    """``message`` in protobuf text format, extensions by their bare names (as forks write them)."""
-    return _BRACKETED.sub(lambda m: m.group(1) + m.group(2).rsplit(".", 1)[-1],
-                          text_format.MessageToString(message))
+    """``message`` in protobuf text format as C++ protobuf prints it (floats shortest: 1, not
+    1.0), extensions by their bare names (as forks write them)."""
+    native = _NATIVE_STR.get(type(message), str)
+    return _BRACKETED.sub(lambda m: m.group(1) + m.group(2).rsplit(".", 1)[-1], native(message))
+
+
+_NATIVE_STR = {}
+"""message class -> protobuf's own ``__str__``, for the classes whose ``str()`` is to_text."""
+
+
+def _text_like_the_forks(module):
+    """Make ``str()`` of every message class of a generated module print bare extension names."""
+    for descriptor in module.DESCRIPTOR.message_types_by_name.values():
+        cls = getattr(module, descriptor.name)
+        _NATIVE_STR.setdefault(cls, cls.__str__)
+        cls.__str__ = to_text
+
+
+_text_like_the_forks(caffe_pb2)

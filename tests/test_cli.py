@@ -10,6 +10,7 @@ from tqdm import tqdm
 from conftest import DATA, GOLDEN, HAS_CUDA
 
 ROOT = GOLDEN.parents[2]
+import protocaffe
 from protocaffe import log as logs, net as netlib
 from protocaffe.cli import COMMANDS, main
 from protocaffe.proto import caffe_pb2
@@ -244,9 +245,17 @@ def test_train_help_shows_gflags_defaults(capsys):
     assert "the train net's level (default: 0)" in out
 
 
-def test_version(capsys):
+def test_version_is_protocaffes_and_names_the_caffe_release(capsys):
+    import tomllib
+    from protocaffe._version import VERSION
     assert main(["--version"]) == 0
-    assert re.fullmatch(r"protocaffe \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+    assert capsys.readouterr().out == f"protocaffe {VERSION} (Caffe 1.0.0 compatible)\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", VERSION)
+    # one source: the package metadata reads the same attribute; pycaffe scripts see Caffe's version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "protocaffe._version.VERSION"}
+    assert protocaffe.__version__ == "1.0.0"
 
 
 def test_mistyped_command_suggests_the_closest(capsys):

@@ -183,3 +183,31 @@ def test_the_database_closes_with_the_last_net_reading_it(golden_cwd):
     del net
     gc.collect()
     lmdb.open("data/train_lmdb", readonly=True, lock=False).close()  # LMDB refuses a second open
+
+
+OPENCV_THEN_WORKERS = """
+import sys, time
+import cv2, numpy as np
+from protocaffe.data.prefetch import WorkerPool
+image = np.zeros((1500, 1500, 3), np.uint8)
+for _ in range(3):
+    cv2.resize(image, (1000, 1000), interpolation=cv2.INTER_CUBIC)  # OpenCV's threads start
+time.sleep(1.5)  # and fall asleep
+def fill(k, out):
+    out[:] = cv2.resize(image, (1000, 1000)).mean() + k
+    return k
+pool = WorkerPool(fill, (2,), np.float32, 0, 1, 1)
+print(pool.get()[0], pool.get()[0])
+pool.close()
+"""
+
+
+def test_workers_start_after_opencv_threads_fell_asleep():
+    """A worker forked while OpenCV's thread pool sleeps in the parent inherits the pool's locks
+    without its threads; it must still run (it hung in cv2.setNumThreads before the pool was let go)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", OPENCV_THEN_WORKERS], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.split() == ["0", "1"], done.stderr

@@ -23,7 +23,7 @@ from protocaffe.cli import main
 from protocaffe.errors import CaffeError
 from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
-from protocaffe.solver import Solver, read_solver_param
+from protocaffe.solver import CaffeSolver, read_solver_param
 
 INIT = {"sgd_step_caffenet": "solver/init_mini_caffenet.caffemodel",
         "adam_fixed": "solver/init_mini_alexnet.caffemodel"}
@@ -78,7 +78,7 @@ def weights(solver):
 def _train(out, config, iter_size, max_iter, fields, rank, signalled=None):
     p = solver_param(config, out, iter_size, max_iter, **fields)
     distributed.seed(p, rank)
-    solver = Solver(p, weights=INIT[config])
+    solver = CaffeSolver(p, weights=INIT[config])
     distributed.attach(solver, rank)
     solver.handle_signals()
     if rank.rank == signalled:     # a signal that reaches this rank only
@@ -92,7 +92,7 @@ def _signalled_train(out, rank):
 
 
 def train_alone(out, config, iter_size, max_iter, resume=None):
-    solver = Solver(solver_param(config, out, iter_size, max_iter), weights=None if resume else INIT[config])
+    solver = CaffeSolver(solver_param(config, out, iter_size, max_iter), weights=None if resume else INIT[config])
     solver.solve(resume)
     return solver
 
@@ -223,7 +223,7 @@ def test_solver_count_and_rank_outside_a_group_are_pycaffes_settings(monkeypatch
 
 def _die_at_iteration_2(out, rank):
     p = solver_param("sgd_step_caffenet", out, 1, 10)
-    solver = Solver(p, weights=INIT["sgd_step_caffenet"])
+    solver = CaffeSolver(p, weights=INIT["sgd_step_caffenet"])
     distributed.attach(solver, rank)
     agree = solver.take_request
 

@@ -558,7 +558,7 @@ def test_segnet_like_net_trains(tmp_path):
     """Upsample, BN (LEARN) and the class-weighted loss through the solver: labelled pixels
     (bright or dark, the image border ignored) from DenseImageData; the loss falls."""
     import cv2
-    from protocaffe.solver.solver import Solver
+    from protocaffe.solver.solver import CaffeSolver as Solver
     rng = np.random.default_rng(9)
     lines = []
     for i in range(4):

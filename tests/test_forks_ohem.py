@@ -136,3 +136,37 @@ def test_rfcn_ohem_training_step_learns_from_the_hardest_regions_only(tmp_path):
     logp = cls - np.log(np.exp(cls).sum(1, keepdims=True))
     labels = inputs["labels"].reshape(-1)
     assert out["loss_cls"] == pytest.approx(-logp[kept, labels[kept]].mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("sigma", [None, 3.0])
+def test_faster_rcnn_smooth_l1_loss_with_sigma_and_weights(sigma):
+    """Faster R-CNN's SmoothL1Loss (smooth_l1_loss_layer.cu of caffe-fast-rcnn): d = w_in (a - b),
+    0.5 sigma^2 d^2 below 1 / sigma^2, |d| - 0.5 / sigma^2 above, times w_out, summed over all
+    and divided by N; gradients to a and b only. Hand-computed in NumPy."""
+    rs = np.random.RandomState(2)
+    a, b = (rs.randn(2, 8, 3, 3).astype(np.float32) for _ in range(2))
+    w_in = rs.choice([0.0, 1.0], size=a.shape).astype(np.float32)
+    w_out = rs.choice([0.0, 0.25, 1.0], size=a.shape).astype(np.float32)
+    param = "" if sigma is None else f"smooth_l1_loss_param {{ sigma: {sigma} }}"
+    loss_layer = make(f'name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" bottom: "wi" bottom: "wo" '
+                      f'top: "loss" {param}', [a.shape] * 4)
+    at, bt = torch.from_numpy(a).requires_grad_(), torch.from_numpy(b).requires_grad_()
+    wi, wo = torch.from_numpy(w_in).requires_grad_(), torch.from_numpy(w_out)
+    loss = loss_layer(at, bt, wi, wo)
+    s2 = 1.0 if sigma is None else sigma ** 2
+    d = w_in * (a - b)
+    e = w_out * np.where(np.abs(d) < 1 / s2, 0.5 * s2 * d * d, np.abs(d) - 0.5 / s2)
+    assert loss.item() == pytest.approx(e.sum() / 2, rel=1e-5)
+    loss.backward()
+    slope = w_out * w_in * np.where(np.abs(d) < 1 / s2, s2 * d, np.sign(d)) / 2
+    assert_close(at.grad.numpy(), slope)
+    assert_close(bt.grad.numpy(), -slope)
+    assert wi.grad is None
+
+
+def test_smooth_l1_loss_refuses_three_bottoms_and_misshapen_weights():
+    with pytest.raises(protocaffe.CaffeError, match="layer 'l'.*2 bottoms .* or 4 .*found 3"):
+        make('name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" bottom: "w" top: "loss"', [(2, 4)] * 3)
+    with pytest.raises(protocaffe.CaffeError, match="layer 'l'.*outside weights need the prediction's count 8"):
+        make('name: "l" type: "SmoothL1Loss" bottom: "a" bottom: "b" bottom: "w" bottom: "v" top: "loss"',
+             [(2, 4), (2, 4), (2, 4), (2, 3)])

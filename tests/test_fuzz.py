@@ -2,7 +2,9 @@
 
 Random bytes and mutations of the golden files (bytes replaced, inserted, deleted,
 cut short) go to the prototxt reader with the upgrade paths, the binary readers
-(.caffemodel, .solverstate, .binaryproto) and the LMDB Datum decoder. The property:
+(.caffemodel, .solverstate, .binaryproto) and the LMDB Datum decoder; and, for every
+registered fork dialect, to the prototxt reader with the fork's fields and to the binary
+reader with the fork's renumbering (seeds from the fork's schema and golden files). The property:
 each input either parses or raises ``CaffeError``, nothing else, within the deadline.
 
 The budget per reader is small and derandomized by default (hypothesis profile ``ci``,
@@ -10,12 +12,15 @@ set in conftest.py); ``pytest tests/test_fuzz.py --hypothesis-profile=deep`` run
 random inputs per reader.
 """
 import lmdb
+import pytest
+from google.protobuf import message_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import GOLDEN
 from test_upgrade import V0
-from protocaffe import fileio
+from protocaffe import dialects, fileio, schema
+from protocaffe.dialects import DIALECTS, wire
 from protocaffe.data.db import decode_datum
 from protocaffe.errors import CaffeError
 from protocaffe.net import filter_net, net_state, read_net_param, read_weights_param
@@ -157,3 +162,148 @@ def test_seeds_are_golden_files():
     _solverstate(STATES[0])
     assert fileio.read_mean(MEANS[0]).shape[0] == 3
     assert all(decode_datum(d, "db")[0].ndim == 3 for d in DATUMS)
+
+
+# ---- the forks' dialects: every registered one, its fields and its renumbering ---------------------
+
+def _value(f):
+    """A plain value for scalar field ``f``."""
+    if f.cpp_type == f.CPPTYPE_ENUM:
+        return f.enum_type.values[-1].number
+    if f.type == f.TYPE_BYTES:
+        return b"a"
+    return {f.CPPTYPE_STRING: "a", f.CPPTYPE_BOOL: True, f.CPPTYPE_FLOAT: 0.5, f.CPPTYPE_DOUBLE: 0.5}.get(f.cpp_type, 1)
+
+
+def _set(message, f, depth=0):
+    """Field or extension ``f`` of ``message`` set to a plain value (messages filled three levels deep)."""
+    current = message.Extensions[f] if f.is_extension else getattr(message, f.name)
+    if f.message_type is not None:
+        if depth < 3:
+            _sample(current.add() if f.is_repeated else current, depth + 1)
+    elif f.is_repeated:
+        current.append(_value(f))
+    elif f.is_extension:
+        message.Extensions[f] = _value(f)
+    else:
+        setattr(message, f.name, _value(f))
+
+
+def _sample(message, depth=0):
+    for f in message.DESCRIPTOR.fields:
+        _set(message, f, depth)
+    return message
+
+
+def _parses(text, kind):
+    try:
+        return fileio.parse_text(text, kind).ListFields() != []
+    except CaffeError:
+        return False
+
+
+def _inverse(rules):
+    """Renumbering rules turned around: protocaffe's numbers back to the fork's."""
+    back = {}
+    for (number, wire_type), target in rules.items():
+        if isinstance(target, tuple):
+            back[(target[0], wire_type)] = (number, _inverse(target[1]))
+        else:
+            back[(target, wire_type)] = number
+    return back
+
+
+def dialect_seeds(dialect):
+    """{message class: [(text, binary in the fork's numbering)]}: one message of each type the
+    dialect extends, every extension of its schema set, and the fork's golden files
+    (tests/data/golden/<key>) where it has some; derived from the schema, so a dialect
+    registered later is fuzzed without a word here."""
+    seeds = {}
+    pool = caffe_pb2.DESCRIPTOR.pool
+    for extendee in (caffe_pb2.NetParameter, caffe_pb2.LayerParameter, caffe_pb2.SolverParameter,
+                     caffe_pb2.SolverState, caffe_pb2.TransformationParameter):
+        message = extendee()
+        for ext in pool.FindAllExtensions(extendee.DESCRIPTOR):
+            if ext.file.name in dialect.proto_files:
+                _set(message, ext)
+        if message.ListFields():
+            seeds.setdefault(extendee, []).append(message)
+    layer = caffe_pb2.LayerParameter()                # the forks' fields inside BVLC's parameter messages
+    for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
+        if f.message_type is not None and not f.is_repeated:
+            for ext in pool.FindAllExtensions(f.message_type):
+                if ext.file.name in dialect.proto_files:
+                    _set(getattr(layer, f.name), ext)
+    if layer.ListFields():
+        seeds.setdefault(caffe_pb2.LayerParameter, []).append(layer)
+    kinds = [caffe_pb2.NetParameter, caffe_pb2.SolverParameter] + [  # and the fork's own files (label maps)
+        message_factory.GetMessageClass(m) for file in dialect.proto_files
+        for m in pool.FindFileByName(file).message_types_by_name.values()]
+    for path in _small((GOLDEN / dialect.key).rglob("*.prototxt")):
+        text = path.read_text()
+        kind = next(k for k in kinds if _parses(text, k))
+        seeds.setdefault(kind, []).append(fileio.parse_text(text, kind))
+    back = {scope: _inverse(rules) for scope, rules in dialect.moves.items()}
+    return {kind: [(schema.to_text(m).encode(),
+                    wire.renumber(m.SerializeToString(), kind.DESCRIPTOR, back) if back else m.SerializeToString())
+                   for m in messages] for kind, messages in seeds.items()}
+
+
+DIALECT_SEEDS = {key: dialect_seeds(d) for key, d in DIALECTS.items()}
+DIALECT_CASES = [(key, kind) for key, seeds in DIALECT_SEEDS.items() for kind in seeds]
+
+
+def _read_text_dialect(path, kind):
+    if kind is caffe_pb2.NetParameter:
+        _net_text(path)
+    elif kind is caffe_pb2.SolverParameter:
+        read_solver_param(path)
+    else:
+        dialects.recognise(fileio.read_text(path, kind), str(path))
+
+
+@pytest.mark.parametrize("key, kind", DIALECT_CASES, ids=[f"{k}-{c.__name__}" for k, c in DIALECT_CASES])
+@_fuzz
+@given(data=st.data())
+def test_dialect_prototxt_reader(tmp_path, key, kind, data):
+    text = data.draw(mutated([t for t, _ in DIALECT_SEEDS[key][kind]]))
+    _parses_or_caffe_error(_read_text_dialect, _write(tmp_path, "fork.prototxt", text), kind)
+
+
+@pytest.mark.parametrize("key, kind", DIALECT_CASES, ids=[f"{k}-{c.__name__}" for k, c in DIALECT_CASES])
+@_fuzz
+@given(data=st.data())
+def test_dialect_binary_reader_and_renumbering(tmp_path, key, kind, data):
+    binary = data.draw(mutated([b for _, b in DIALECT_SEEDS[key][kind]]))
+    _parses_or_caffe_error(wire.renumber, binary, kind.DESCRIPTOR, DIALECTS[key].moves)
+    _parses_or_caffe_error(dialects.read_binary, _write(tmp_path, "fork.bin", binary), kind, key)
+    _parses_or_caffe_error(dialects.read_binary, _write(tmp_path, "plain.bin", binary), kind)
+
+
+def test_dialect_seeds_set_every_extension_and_read_back():
+    """Each dialect's seeds hold each of its extensions, and its binary seeds (in the fork's own
+    numbering) read back equal to the text ones."""
+    for key, dialect in DIALECTS.items():
+        if not dialect.proto_files:                   # a fork of layer types only (SegNet's share SSD's...)
+            continue
+        declared = {e.full_name for file in dialect.proto_files
+                    for e in caffe_pb2.DESCRIPTOR.pool.FindFileByName(file).extensions_by_name.values()}
+        found = set()
+        for kind, seeds in DIALECT_SEEDS[key].items():
+            for text, binary in seeds:
+                parsed = fileio.parse_text(text.decode(), kind)
+                _extensions_set(parsed, found)
+                moved = wire.renumber(binary, kind.DESCRIPTOR, dialect.moves)
+                assert fileio.parse_binary(moved, kind, "seed") == parsed
+        assert declared and declared <= found, (key, declared - found)
+
+
+def _extensions_set(message, found):
+    """Full names of the extensions set anywhere in ``message``, added to ``found``."""
+    for f, value in message.ListFields():
+        if f.is_extension:
+            found.add(f.full_name)
+        if f.message_type is not None:
+            for item in (value if f.is_repeated else (value,)):
+                _extensions_set(item, found)
+    return found

@@ -6,6 +6,7 @@ import torch
 
 from conftest import HAS_CUDA
 from protocaffe import net as netlib
+from protocaffe.layer_types import loss as loss_layers
 from protocaffe.errors import CaffeError
 from protocaffe.fileio import parse_text
 from protocaffe.proto import caffe_pb2
@@ -90,7 +91,10 @@ def test_a_label_outside_the_classes_names_the_layer_value_and_class_count(layer
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-def test_a_bad_label_on_cuda_is_a_caffe_error_not_a_device_assert():
+def test_a_bad_label_on_cuda_is_a_caffe_error_under_debug(monkeypatch):
+    """On a GPU the label check costs a device-to-host sync per batch: it runs under --debug
+    (CHECK_DEVICE_LABELS), which turns the device-side assert into this CaffeError."""
+    monkeypatch.setattr(loss_layers, "CHECK_DEVICE_LABELS", True)
     net = loss_net("SoftmaxWithLoss").to("cuda")
     with pytest.raises(CaffeError, match="label 7 is outside"):
         net(x=torch.rand(3, 4, device="cuda"), label=torch.tensor([0.0, 7.0, 3.0], device="cuda"))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cuda
 from protocaffe import net as netlib
 from protocaffe.errors import CaffeError
 from protocaffe.fileio import parse_text
@@ -66,6 +67,32 @@ def test_stochastic_train_draws_from_the_net_seed():
                         caffe_pb2.TRAIN, seed=s)(x=x)["y"] for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+
+
+def test_stochastic_train_draws_on_the_device_not_the_cpu_generator():
+    """On another device (``meta`` here, CUDA in the next test) the draws are made there, from
+    the net's generator for it: no CPU tensor is made and the CPU generator does not move."""
+    from test_meta_device import CpuTensors
+    net = pooling_net((2, 3, 6, 6), "pool: STOCHASTIC kernel_size: 3 stride: 2", caffe_pb2.TRAIN).to("meta")
+    state = net.ctx.generator.get_state()
+    with CpuTensors() as watch:
+        y = net(x=torch.empty(2, 3, 6, 6, device="meta"))["y"]
+    assert y.device.type == "meta" and y.shape == (2, 3, 3, 3)
+    assert watch.ops == [] and torch.equal(net.ctx.generator.get_state(), state)
+
+
+@cuda
+def test_stochastic_train_on_cuda_draws_from_the_nets_cuda_generator():
+    x = torch.rand(2, 3, 6, 6, device="cuda")
+    nets = [pooling_net((2, 3, 6, 6), "pool: STOCHASTIC kernel_size: 3 stride: 2", caffe_pb2.TRAIN, seed=s)
+            .to("cuda") for s in (5, 5)]
+    state = nets[0].ctx.generator.get_state()
+    first = nets[0](x=x)["y"]
+    assert torch.equal(first, nets[1](x=x)["y"]) and torch.equal(nets[0].ctx.generator.get_state(), state)
+    generator = nets[0].ctx.generator_on(x.device)
+    before = generator.get_state()
+    nets[0](x=x)
+    assert not torch.equal(generator.get_state(), before)
 
 
 @pytest.mark.parametrize("param, found", [

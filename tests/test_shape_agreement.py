@@ -27,22 +27,25 @@ layer { name: "ave" type: "Pooling" bottom: "output" top: "ave" pooling_param { 
 """
 
 
-def _batch_from_data(net):
-    """Blobs whose first axis depends on the data: a Filter's tops and what is made from them."""
+def _from_data(net, flag):
+    """Blobs of layers with ``flag`` (batch_from_data: a Filter's tops; shape_from_data:
+    DetectionOutput's rows) and what is made from them."""
     names = set()
     for step in net.plan:
-        if net.layers[step.key].batch_from_data or names.intersection(step.bottoms):
+        if getattr(net.layers[step.key], flag) or names.intersection(step.bottoms):
             names.update(step.tops)
     return names
 
 
 def assert_shapes_agree(net, inputs):
     blobs, first = net.run(inputs, first={})
-    varying = _batch_from_data(net)
+    batch, rows = _from_data(net, "batch_from_data"), _from_data(net, "shape_from_data")
     for produced in (first, blobs):
         for name, t in produced.items():
             inferred = net.blob_shapes[name]
-            if name in varying:  # the inferred first axis is an upper bound
+            if name in rows:  # the inferred shape is Caffe's placeholder: the axes agree
+                assert t.dim() == len(inferred), f"blob '{name}'"
+            elif name in batch:  # the inferred first axis is an upper bound
                 assert t.shape[1:] == inferred[1:] and t.shape[0] <= inferred[0], f"blob '{name}'"
             else:
                 assert tuple(t.shape) == inferred, f"blob '{name}'"

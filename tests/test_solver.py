@@ -179,3 +179,43 @@ def test_signals_snapshot_and_stop(golden_cwd, tmp_path):
     finally:
         signal.signal(signal.SIGINT, old[0])
         signal.signal(signal.SIGHUP, old[1])
+
+
+# ---- solver_mode, as tools/caffe.cpp reads it ------------------------------------------------------
+
+def test_solver_mode_is_read_only_where_the_file_sets_it(monkeypatch):
+    """Caffe's train: without --gpu, a file's ``solver_mode: GPU`` picks ``device_id`` (0 unless
+    set); a file without solver_mode trains on the CPU, though the field's default is GPU."""
+    from protocaffe.proto import caffe_pb2
+    from protocaffe.solver.solver import _device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    p = caffe_pb2.SolverParameter()
+    assert p.solver_mode == caffe_pb2.SolverParameter.GPU and _device(p) == torch.device("cpu")
+    p.solver_mode = caffe_pb2.SolverParameter.GPU
+    assert _device(p) == torch.device("cuda", 0)
+    p.device_id = 1
+    assert _device(p) == torch.device("cuda", 1)
+    p.solver_mode = caffe_pb2.SolverParameter.CPU
+    assert _device(p) == torch.device("cpu")
+
+
+TINY_NET = """
+    layer { name: "d" type: "DummyData" top: "x" top: "t" dummy_data_param { shape { dim: 2 dim: 3 }
+            shape { dim: 2 dim: 1 } data_filler { type: "gaussian" } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 1 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+    """
+
+
+@pytest.mark.parametrize("mode, warned", [("", False), ("solver_mode: GPU", True), ("solver_mode: CPU", False)])
+def test_train_without_cuda_warns_only_of_a_solver_mode_the_file_sets(tmp_path, capsys, monkeypatch, mode, warned):
+    from protocaffe.cli import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "net.prototxt").write_text(TINY_NET)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path}/net.prototxt" base_lr: 0.1 lr_policy: "fixed" '
+                                              f'max_iter: 1 snapshot_after_train: false {mode}')
+    assert main(["train", "--solver", str(tmp_path / "solver.prototxt")]) == 0
+    err = capsys.readouterr().err
+    assert "] Use CPU." in err
+    assert ("solver_mode is GPU but no CUDA device is available; running on the CPU" in err) == warned

@@ -13,7 +13,7 @@ from protocaffe import net as netlib
 from protocaffe.cli import main
 from protocaffe.commands.time import needing_gradients
 from protocaffe.proto import caffe_pb2
-from protocaffe.solver import Solver
+from protocaffe.solver import CaffeSolver
 from protocaffe.speed import LossScaler, Speed
 
 NETS = GOLDEN / "nets"
@@ -112,7 +112,7 @@ def train_example(folder, data, precision):
     p.stepvalue.append(600)
     p.test_iter[0] = 6  # all 600 validation images: a 0.1 difference is then over 3 standard errors
     p.snapshot_prefix = str(folder / "snap")
-    solver = Solver(p)
+    solver = CaffeSolver(p)
     before = solver.test(0)["accuracy"]
     solver.solve()
     assert all(lp.tensor.dtype == torch.float32 for lp in solver.params)  # fp32 master weights
@@ -150,7 +150,7 @@ def test_training_steps_read_nothing_back_between_displays(precision, monkeypatc
     # labels on the CPU are range-checked every batch (a host read, no device to wait for);
     # on a GPU that check runs only under --debug, so leave it out of the count here
     monkeypatch.setattr("protocaffe.layer_types.loss._check_labels", lambda *args: None)
-    solver = Solver(solver_param(precision=precision))
+    solver = CaffeSolver(solver_param(precision=precision))
     solver.step(1)
     with Reads() as reads:
         solver.step(3)
@@ -162,7 +162,7 @@ def test_training_steps_read_nothing_back_between_displays(precision, monkeypatc
 
 
 def test_fp16_overflow_skips_the_update_and_lowers_the_scale():
-    solver = Solver(solver_param(precision="fp16"))
+    solver = CaffeSolver(solver_param(precision="fp16"))
     scaler = solver.speed.scaler
     scaler.scale.fill_(2.0 ** 100)  # the scaled gradients overflow in fp16
     before = [lp.tensor.detach().clone() for lp in solver.params]
@@ -297,7 +297,7 @@ def test_compiled_forward_equals_eager():
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_training_on_cuda(precision):
-    solver = Solver(solver_param(precision=precision), gpu=0)
+    solver = CaffeSolver(solver_param(precision=precision), gpu=0)
     solver.step(3)
     assert all(lp.tensor.dtype == torch.float32 and lp.tensor.is_cuda for lp in solver.params)
     assert all(torch.isfinite(lp.tensor).all() for lp in solver.params)
@@ -306,6 +306,6 @@ def test_reduced_precision_training_on_cuda(precision):
 @cuda
 @pytest.mark.cuda
 def test_cuda_graphs_training_step_runs():
-    solver = Solver(solver_param(), gpu=0, speed=Speed(cuda_graphs=True))
+    solver = CaffeSolver(solver_param(), gpu=0, speed=Speed(cuda_graphs=True))
     solver.step(3)
     assert all(torch.isfinite(lp.tensor).all() for lp in solver.params)

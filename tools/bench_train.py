@@ -20,7 +20,7 @@ import torch
 
 from protocaffe.commands.common import device_for, parse_gpu
 from protocaffe.datasets.shapes import make_shapes
-from protocaffe.solver import Solver, read_solver_param
+from protocaffe.solver import CaffeSolver, read_solver_param
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def make_solver(folder, precision, gpu):
     p.display = p.test_interval = p.snapshot = 0
     p.test_initialization = p.snapshot_after_train = False
     p.max_iter = 10 ** 9
-    return Solver(p, gpu=gpu)
+    return CaffeSolver(p, gpu=gpu)
 
 
 def time_train(solver, iterations):

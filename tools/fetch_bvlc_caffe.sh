@@ -4,12 +4,32 @@
 # The packages and their bullseye libraries are unpacked under PREFIX (nothing is installed
 # system-wide but bookworm's OpenBLAS); OpenCV's image codecs, which `caffe time` and
 # `caffe train` on LMDB never call, are replaced by a stub that aborts if called.
+# Bullseye is fetched from the Debian mirror this machine's apt already uses for its own
+# release (as `apt-get indextargets` lists it), so no host is named here.
 #   bash tools/fetch_bvlc_caffe.sh [PREFIX=/opt/caffe]   ->   PREFIX/caffe (a wrapper)
+#   bash tools/fetch_bvlc_caffe.sh --mirror              ->   the mirror it would use
 set -euo pipefail
+
+debian_mirror() {
+    local release
+    release=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    apt-get indextargets --no-release-info --format '$(RELEASE) $(REPO_URI)' \
+        | awk -v release="$release" '$1 == release { print $2; exit }'
+}
+
+if [ "${1:-}" = "--mirror" ]; then
+    debian_mirror
+    exit
+fi
 PREFIX=${1:-/opt/caffe}
+MIRROR=$(debian_mirror)
+if [ -z "$MIRROR" ]; then
+    echo "fetch_bvlc_caffe.sh: this machine's apt sources hold no archive of its own release" >&2
+    exit 1
+fi
 mkdir -p "$PREFIX/debs" "$PREFIX/stubs"
 LIST=/etc/apt/sources.list.d/bullseye-caffe.list
-echo "deb http://deb.debian.org/debian bullseye main" > "$LIST"
+echo "deb $MIRROR bullseye main" > "$LIST"
 trap 'rm -f "$LIST"; apt-get update -qq' EXIT  # bullseye only for the download
 apt-get update -qq
 apt-get install -y -qq libopenblas0-pthread >/dev/null

@@ -42,7 +42,10 @@ def parser():
 def _load_npy(path, what):
     if not os.path.isfile(path):
         raise CaffeError(f"{path}: no such file ({what})")
-    return np.load(path)
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise CaffeError(f"{path}: not a .npy array ({what}): {str(e).splitlines()[0]}") from None
 
 
 def load_inputs(path, ext):

@@ -59,6 +59,12 @@ def add_net_flags(f, iterations=50):
     return f
 
 
+def check_iterations(args):
+    """--iterations must be at least 1: the averages divide by it."""
+    if args.iterations < 1:
+        raise CaffeError(f"--iterations must be at least 1, found {args.iterations}")
+
+
 def stages(args):
     return [s for s in args.stage.split(",") if s]
 

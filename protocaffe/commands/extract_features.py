@@ -54,11 +54,17 @@ class _FeatureDB:
         self.env.close()
 
 
+def _whole(text, what):
+    if not text.isdecimal():
+        raise CaffeError(f"{what} must be a whole number, found '{text}'")
+    return int(text)
+
+
 def _device(args):
     if len(args) > 6 and args[6] == "GPU":
         if not torch.cuda.is_available():
             raise CaffeError("GPU was asked for, but no CUDA device is available")
-        device_id = int(args[7]) if len(args) > 7 else 0
+        device_id = _whole(args[7], "DEVICE_ID") if len(args) > 7 else 0
         log.info("Using GPU, Device_id=%d", device_id)
         return torch.device("cuda", device_id)
     log.info("Using CPU")
@@ -72,6 +78,7 @@ def run(argv):
         return 0 if argv[:1] and argv[0] in ("-h", "--help", "-help") else 2
     logs.setup()
     weights, proto, blob_list, db_list, batches, db_type = argv[:6]
+    batches = _whole(batches, "NUM_MINI_BATCHES")
     blobs, dbs = blob_list.split(","), db_list.split(",")
     if len(blobs) != len(dbs):
         raise CaffeError(f"the number of blob names ({len(blobs)}) and dataset names ({len(dbs)}) must be equal")
@@ -85,7 +92,7 @@ def run(argv):
     writers = [_FeatureDB(path, blob) for path, blob in zip(dbs, blobs)]
     log.info("Extracting Features")
     with torch.no_grad():
-        for _ in range(int(batches)):
+        for _ in range(batches):
             out = net()
             for blob, writer in zip(blobs, writers):
                 for item in out[blob].float().cpu().numpy().astype(np.float32):

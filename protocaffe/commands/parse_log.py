@@ -66,12 +66,14 @@ class _Table:
 
 def parse_log(path):
     """(train rows, test rows), each a list of OrderedDicts."""
-    year = datetime.datetime.fromtimestamp(os.path.getctime(path)).year
     try:
-        with open(path) as f:
+        year = datetime.datetime.fromtimestamp(os.path.getctime(path)).year
+        with open(path, encoding="utf-8") as f:
             lines = iter(f.read().splitlines())
     except OSError as e:
         raise CaffeError(f"{path}: cannot read log ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise CaffeError(f"{path}: not a text log (byte {e.start} is not UTF-8)") from None
     start = _start_time(lines, year)
     if start is None:
         raise CaffeError(f"{path}: no 'Solving' line, so this is not a training log")

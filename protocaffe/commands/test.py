@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from protocaffe import log as logs
-from protocaffe.commands.common import (add_net_flags, add_speed_flags, device_for, parse_gpu, phase,
-                                         speed_from, stages)
+from protocaffe.commands.common import (add_net_flags, add_speed_flags, check_iterations, device_for,
+                                         parse_gpu, phase, speed_from, stages)
 from protocaffe.errors import CaffeError
 from protocaffe.evaluate import score_averaged
 from protocaffe.flags import Flags
@@ -45,6 +45,7 @@ def run(argv):
         raise CaffeError("need a model definition to score: --model <file>")
     if not args.weights:
         raise CaffeError("need model weights to score: --weights <file.caffemodel>")
+    check_iterations(args)
     device = device_for(parse_gpu(args.gpu))
     net = build_net(args.model, phase(args, caffe_pb2.TEST), level=args.level, stages=stages(args),
                     weights=args.weights, device=device)

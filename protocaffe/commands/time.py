@@ -17,8 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import torch
 
 from protocaffe import log as logs
-from protocaffe.commands.common import (add_net_flags, add_speed_flags, device_for, parse_gpu, phase,
-                                         speed_from, stages)
+from protocaffe.commands.common import (add_net_flags, add_speed_flags, check_iterations, device_for,
+                                         parse_gpu, phase, speed_from, stages)
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log, g
@@ -103,6 +103,7 @@ def run(argv):
     logs.setup(args.log_dir or None)
     if not args.model:
         raise CaffeError("need a model definition to time: --model <file>")
+    check_iterations(args)
     device = device_for(parse_gpu(args.gpu))
     net = build_net(args.model, phase(args, caffe_pb2.TRAIN), level=args.level, stages=stages(args),
                     weights=args.weights or None, device=device)

@@ -3,13 +3,14 @@
 Several GPUs train data-parallel, one process each (protocaffe.distributed); so
 does every process torchrun starts (``torchrun ... -m protocaffe train ...``).
 """
+import torch
+
 from protocaffe import distributed, log as logs
 from protocaffe.commands.common import add_speed_flags, parse_gpus, speed_from
 from protocaffe.errors import CaffeError
 from protocaffe.flags import Flags
 from protocaffe.log import LOGGER as log
-from protocaffe.proto import caffe_pb2
-from protocaffe.solver import Solver, read_solver_param
+from protocaffe.solver import CaffeSolver, read_solver_param, solver_gpu
 from protocaffe.speed import check_precision
 
 
@@ -33,7 +34,9 @@ def run(argv):
         raise CaffeError("give a snapshot to resume training or weights to finetune, but not both")
     param = read_solver_param(args.solver)
     gpus = parse_gpus(args.gpu)
-    rank = distributed.from_environment(gpus, param.solver_mode == caffe_pb2.SolverParameter.GPU)
+    if not gpus and solver_gpu(param) is not None and torch.cuda.is_available():
+        gpus = parse_gpus(str(solver_gpu(param)))  # Caffe: without --gpu, the file's solver_mode: GPU
+    rank = distributed.from_environment(gpus, solver_gpu(param) is not None)
     logs.setup(args.log_dir if rank is None or rank.rank == 0 else None)
     if rank is not None:
         return distributed.run(rank, train, args)
@@ -54,7 +57,7 @@ def train(args, rank, gpu=None):
         log.info("Rank %d of %d, on %s", rank.rank, rank.world, rank.device)
         distributed.seed(param, rank)
         gpu = rank.gpu
-    solver = Solver(param, gpu=gpu, weights=args.weights or None, speed=speed_from(args, param.precision))
+    solver = CaffeSolver(param, gpu=gpu, weights=args.weights or None, speed=speed_from(args, param.precision))
     solver.handle_signals(args.sigint_effect, args.sighup_effect)
     if rank is not None:
         distributed.attach(solver, rank)

@@ -84,6 +84,10 @@ def decode_datum(raw, source, force_color=False, force_gray=False):
         datum.ParseFromString(raw)
     except Exception:
         raise CaffeError(f"{source}: a record is not a valid Datum ({len(raw)} bytes)") from None
+    if not datum.encoded and datum.channels <= 0:
+        raise CaffeError(f"{source}: a record is not a Datum image: it has {datum.channels} channels "
+                         f"(Caffe needs channels > 0); an LMDB of other records, such as BlobProtos, "
+                         f"is not a data source ({len(raw)} bytes)")
     if datum.encoded and (force_color or force_gray):
         flag = cv2.IMREAD_COLOR if force_color else cv2.IMREAD_GRAYSCALE
         img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
@@ -121,12 +125,14 @@ class LmdbReader:
 
     def batch(self, k):
         """(list of (C, H, W) arrays, float32 labels) for batch ``k``."""
-        rank, shards = self.shard
-        items = []
-        for j in range(self.batch_size):
-            record = self._read((self.start + (k * self.batch_size + j) * shards + rank) % self.count)
-            items.append(decode_datum(record, self.path, self.force_color, self.force_gray))
+        items = [decode_datum(record, self.path, self.force_color, self.force_gray) for record in self.records(k)]
         return [a for a, _ in items], np.array([label for _, label in items], np.float32)
+
+    def records(self, k):
+        """The serialized records of batch ``k``, in order."""
+        rank, shards = self.shard
+        return [self._read((self.start + (k * self.batch_size + j) * shards + rank) % self.count)
+                for j in range(self.batch_size)]
 
     def _read(self, position):
         if self._cursor is None or self._pid != os.getpid():

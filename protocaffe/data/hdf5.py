@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import torch
 
+from protocaffe.caffe_random import CRand
 from protocaffe.distributed import solver_count, solver_rank
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.base import Layer, legacy_shape, register
@@ -56,37 +57,6 @@ def read_datasets(path, names):
             raise CaffeError(f"{path}: dataset '{name}' has {rows} rows, dataset '{first}' has "
                              f"{len(arrays[first])}; all need the same non-zero number")
     return arrays
-
-
-class CRand:
-    """The C library's ``rand()`` as glibc computes it (its TYPE_3 additive generator), from
-    seed 1: the stream Caffe's ``std::random_shuffle`` draws from (libstdc++'s shuffle calls
-    ``rand()``; Caffe never calls ``srand``), so Caffe's HDF5 shuffles are the same in every
-    run, whatever the solver's random_seed, and so are protocaffe's."""
-
-    def __init__(self, seed=1):
-        state = [seed or 1]
-        for _ in range(30):
-            hi, lo = divmod(state[-1], 127773)
-            word = 16807 * lo - 2836 * hi
-            state.append(word + 2147483647 if word < 0 else word)
-        self.state = state + state[:3]
-        for _ in range(310):
-            self.rand()
-
-    def rand(self):
-        state = self.state
-        value = (state[-31] + state[-3]) & 0xFFFFFFFF
-        state.append(value)
-        if len(state) > 64:
-            del state[:-34]
-        return value >> 1
-
-    def shuffle(self, values):
-        """libstdc++'s ``std::random_shuffle(first, last)``, in place."""
-        for i in range(1, len(values)):
-            j = self.rand() % (i + 1)
-            values[i], values[j] = values[j], values[i]
 
 
 SHUFFLE = CRand()

@@ -32,17 +32,30 @@ def read_list(path):
     return entries
 
 
-def read_image(path, height, width, is_color, nearest=False):
+def read_image(path, height, width, is_color, nearest=False, min_dim=0, max_dim=0):
     """An image file as (H, W, C) uint8 BGR (or gray), resized bilinearly (or, for label images,
     with nearest neighbour) to ``width`` x ``height`` when both are positive (Caffe's
-    ReadImageToCVMat); None if it cannot be read."""
+    ReadImageToCVMat); None if it cannot be read.
+
+    ``min_dim``/``max_dim`` (the SSD fork's, taking precedence) scale both sides by one float32
+    factor so that the shorter side is at least ``min_dim`` and the longer at most ``max_dim``."""
     if not os.path.isfile(path):
         return None
     img = cv2.imread(path, cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if img is None:
         return None
-    if height > 0 and width > 0:
-        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    if min_dim > 0 or max_dim > 0:
+        small, large = min(img.shape[:2]), max(img.shape[:2])
+        factor = np.float32(1)
+        if min_dim > 0 and small < min_dim:
+            factor = np.float32(np.float32(min_dim) / np.float32(small))
+        if max_dim > 0 and int(np.float32(factor * np.float32(large))) > max_dim:
+            factor = np.float32(np.float32(max_dim) / np.float32(large))
+        if factor != 1:
+            img = cv2.resize(img, (0, 0), fx=float(factor), fy=float(factor), interpolation=interpolation)
+    elif height > 0 and width > 0:
+        img = cv2.resize(img, (width, height), interpolation=interpolation)
     return img[:, :, None] if img.ndim == 2 else img
 
 

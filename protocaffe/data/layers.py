@@ -46,21 +46,22 @@ class _PrefetchingLayer(Layer):
     num_bottoms = 0
     num_tops = (1, 2)
 
-    def _caffe_draws(self, setup_draws=0):
+    def _caffe_draws(self, setup_draws=0, reader_draws=0):
         """Take this layer's values from Caffe's global stream (when it is still Caffe's) in
-        the order Caffe's setup takes them: InitRand's value (when the transformer draws at
-        all), ``setup_draws`` values (ImageData's shuffle seed and skip), a second InitRand's
+        the order Caffe's setup takes them: ``reader_draws`` values (the SSD fork's DataReader
+        starts a thread when the layer is made), InitRand's value (when the transformer draws
+        at all), ``setup_draws`` values (ImageData's shuffle seed and skip), a second InitRand's
         (BasePrefetchingDataLayer calls it again: that seed is the one used), and the
         prefetch thread's seed (base_data_layer.cpp, image_data_layer.cpp; checked against
         `caffe train` logs, tests/data/caffe_data_draws). Returns (the transformer's seed or
-        None, [the setup values]), or None without Caffe's stream."""
+        None, [the setup values], the prefetch thread's seed), or None without Caffe's stream."""
         stream = self.ctx.caffes()
         if stream is None:
             return None
         tp = self.param.transform_param
         draws = bool(tp.mirror or (self.phase == caffe_pb2.TRAIN and tp.crop_size))
-        values = [int(v) for v in stream.next(2 * draws + setup_draws + 1)]
-        return (values[draws + setup_draws] if draws else None), values[draws:draws + setup_draws]
+        values = [int(v) for v in stream.next(reader_draws + 2 * draws + setup_draws + 1)][reader_draws:]
+        return (values[draws + setup_draws] if draws else None), values[draws:draws + setup_draws], values[-1]
 
     def _setup_pipeline(self, reader, first, batch_size, source, seed, caffe_seed=None):
         tp = self.param.transform_param
@@ -72,9 +73,13 @@ class _PrefetchingLayer(Layer):
         train = self.phase == caffe_pb2.TRAIN
         pca = self._pca(tp, first.shape[0]) if train and tp.pca_file else None
         augment = transform.Augment(tp.crop_size, tp.mirror, train, seed, pca, caffe_seed)
-        self.pipeline = Pipeline(reader, source, batch_size, out_shape, first.dtype, mean,
-                                 np.float32(tp.scale), augment)
-        self.register_buffer("mean", torch.from_numpy(mean), persistent=False)
+        self._use_pipeline(Pipeline(reader, source, batch_size, out_shape, first.dtype, mean,
+                                    np.float32(tp.scale), augment))
+
+    def _use_pipeline(self, pipeline):
+        """Serve batches from ``pipeline`` (its ``fill(k, out, raw)`` makes batch k), from the first."""
+        self.pipeline = pipeline
+        self.register_buffer("mean", torch.from_numpy(pipeline.mean), persistent=False)
         self.workers = default_workers()
         #: None: normalize on the device unless it is the CPU; True/False force it (tests, benchmarks)
         self.device_transform = None
@@ -151,8 +156,9 @@ class Data(_PrefetchingLayer):
     Tops: data (batch_size, C, crop_size or H, crop_size or W) with C, H, W
     from the first record, and optionally label (batch_size,). Raw and encoded
     Datums (decoded as stored, or with ``force_color``/``force_gray``, which as
-    in Caffe do nothing to raw ones). ``rand_skip`` starts at a random record
-    below it (as Caffe before 1.0; 1.0 ignores it). Only the LMDB backend is
+    in Caffe do nothing to raw ones). ``rand_skip`` is ignored, as Caffe 1.0's
+    DataLayer ignores it (it reads from the first record; the skip went with Caffe's
+    DataReader rewrite, and ImageData still has it). Only the LMDB backend is
     read (Caffe's schema defaults to LEVELDB: prototxts say ``backend: LMDB``).
     """
     type = "Data"
@@ -171,14 +177,8 @@ class Data(_PrefetchingLayer):
             record = peek.next()[1]
             peek.close()
             first, _ = decode_datum(record, dp.source, tp.force_color, tp.force_gray)
-            seed, skip_seed = _seeds(self.ctx.generator, 2)
-            skip = int(np.random.default_rng(skip_seed).integers(dp.rand_skip)) if dp.rand_skip else 0
-            shard = self._shard()
-            if shard[1] > 1 and skip:
-                log.warning("layer '%s': rand_skip is ignored with %d ranks (each reads every %d-th "
-                            "record from the first)", self.name, shard[1], shard[1])
-                skip = 0
-            reader = LmdbReader(dp.source, dp.batch_size, skip, tp.force_color, tp.force_gray, shard)
+            seed, = _seeds(self.ctx.generator, 1)
+            reader = LmdbReader(dp.source, dp.batch_size, 0, tp.force_color, tp.force_gray, self._shard())
         except CaffeError as e:
             raise self.error(str(e)) from None
         if (tp.force_color or tp.force_gray) and not caffe_pb2.Datum.FromString(record).encoded:

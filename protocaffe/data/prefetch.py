@@ -115,11 +115,21 @@ def _shutdown(procs, tasks, results):
         conn.close()
 
 
+def _stop_opencv_threads():
+    """Let OpenCV's thread pool go before a fork (it starts again at the next parallel call): a
+    child inherits the pool's locks but not its threads, and once they sleep in the parent the
+    child's cv2.setNumThreads waits for them forever."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    cv2.setNumThreads(threads)
+
+
 class WorkerPool:
     """``workers`` forked processes making batches ``start``, ``start + 1``, ... ahead of :meth:`get`."""
 
     def __init__(self, fill, shape, dtype, start, workers, depth):
         context = multiprocessing.get_context("fork")
+        _stop_opencv_threads()
         size, dtype = int(np.prod(shape)), np.dtype(dtype)
         self.depth = max(depth, workers)
         self.slots = [np.frombuffer(mmap.mmap(-1, max(1, size * dtype.itemsize)), dtype, size).reshape(shape)

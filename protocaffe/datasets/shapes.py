@@ -1,4 +1,4 @@
-"""``protocaffe make_shapes [--out DIR] [--train N] [--val M] [--size S] [--seed K]``
+"""``protocaffe make_shapes [--out DIR] [--train N] [--val M] [--size S] [--seed K] [--detection]``
 
 Draws a small image-classification set straight into LMDBs of Caffe Datum
 records (raw BGR, keys ``%08d_<name>`` as convert_imageset writes them):
@@ -6,6 +6,7 @@ six classes of shapes and textures (circle, square, triangle, cross, stripes,
 checker) with random colours, position, scale, rotation, background and noise.
 Writes DIR/train_lmdb, DIR/val_lmdb, DIR/mean.binaryproto (the train set's
 mean, as compute_image_mean) and DIR/labels.txt. Deterministic for a seed.
+With --detection it draws the detection set instead (shapes_detection.py).
 """
 import math
 import os
@@ -57,21 +58,32 @@ def draw(label, size, rng):
     center = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
     angle = rng.uniform(0, 2 * math.pi)
     kind = CLASSES[label]
-    c = (int(center[0]), int(center[1]))
+    if kind in SOLID:
+        solid(img, kind, center, radius, angle, color)
+    else:
+        _texture(img, _polygon(center, radius * 1.3, angle, 4), color, rng, kind)
+    return add_noise(img, rng)
+
+
+SOLID = ("circle", "square", "triangle", "cross")
+
+
+def solid(img, kind, center, radius, angle, color):
+    """Draw a filled shape of ``kind`` (one of SOLID) around ``center`` (x, y), anti-aliased."""
     if kind == "circle":
-        cv2.circle(img, c, int(radius), color, -1, cv2.LINE_AA)
-    elif kind == "square":
-        cv2.fillPoly(img, [_polygon(center, radius, angle, 4)], color, cv2.LINE_AA)
-    elif kind == "triangle":
-        cv2.fillPoly(img, [_polygon(center, radius, angle, 3)], color, cv2.LINE_AA)
-    elif kind == "cross":
+        cv2.circle(img, (int(center[0]), int(center[1])), int(radius), color, -1, cv2.LINE_AA)
+    elif kind in ("square", "triangle"):
+        cv2.fillPoly(img, [_polygon(center, radius, angle, 4 if kind == "square" else 3)], color, cv2.LINE_AA)
+    else:
         thick = max(2, int(radius / 3))
         for a in (angle, angle + math.pi / 2):
             d = (radius * math.cos(a), radius * math.sin(a))
             cv2.line(img, (int(center[0] - d[0]), int(center[1] - d[1])),
                      (int(center[0] + d[0]), int(center[1] + d[1])), color, thick, cv2.LINE_AA)
-    else:
-        _texture(img, _polygon(center, radius * 1.3, angle, 4), color, rng, kind)
+
+
+def add_noise(img, rng):
+    """The image with gaussian pixel noise of a random strength (2 to 12 levels)."""
     noise = rng.normal(0, rng.uniform(2, 12), img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
@@ -118,7 +130,15 @@ def run(argv):
     f.flag("val", 600, "number of validation images")
     f.flag("size", 64, "image width and height")
     f.flag("seed", 1, "random seed")
+    f.flag("detection", False, "draw the detection set instead: several shapes per image, VOC XML boxes")
+    f.flag("objects", 3, "with --detection, the most shapes in one image")
     args = f.parse(argv)
+    if args.detection:
+        from protocaffe.datasets.shapes_detection import CLASSES as BOXED, make_shapes_detection
+        make_shapes_detection(args.out, args.train, args.val, args.size, args.seed, args.objects)
+        print(f"Wrote {args.train} train and {args.val} val images of up to {args.objects} shapes "
+              f"({', '.join(BOXED)}) with VOC boxes to {args.out}")
+        return 0
     make_shapes(args.out, args.train, args.val, args.size, args.seed)
     print(f"Wrote {args.train} train and {args.val} val images of {len(CLASSES)} classes to {args.out}")
     return 0

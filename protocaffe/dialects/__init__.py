@@ -77,9 +77,17 @@ def _marks(message, found):
     return found
 
 
+def layers_of(message):
+    """The layers of a NetParameter (``layer`` and V1 ``layers``), a LayerParameter itself,
+    nothing for other messages: what a dialect's ``convert`` walks."""
+    if message.DESCRIPTOR.full_name == "caffe.LayerParameter":
+        return [message]
+    return [layer for name in ("layer", "layers") if name in message.DESCRIPTOR.fields_by_name
+            for layer in getattr(message, name)]
+
+
 def _layer_types(message):
-    layers = getattr(message, "layer", None)
-    return {layer.type for layer in layers} if layers is not None else set()
+    return {layer.type for layer in layers_of(message) if isinstance(layer.type, str)}
 
 
 def find(message):

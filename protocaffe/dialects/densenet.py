@@ -10,7 +10,7 @@ BVLC's ``round_mode`` (true: CEIL, false: FLOOR) so the rest of protocaffe sees 
 only. The output-size arithmetic of the two is the same (PR #3057's pooling_layer.cpp).
 """
 from protocaffe import schema
-from protocaffe.dialects import Dialect, register, wire
+from protocaffe.dialects import Dialect, layers_of, register, wire
 from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.forks import densenet_pb2  # noqa: F401 (registers the fork's fields)
@@ -18,7 +18,7 @@ from protocaffe.proto.forks import densenet_pb2  # noqa: F401 (registers the for
 
 def convert(param, source):
     """Every pooling_param's ``ceil_mode`` as BVLC's ``round_mode``; both set is an error."""
-    for layer in list(param.layer) + list(getattr(param, "layers", [])):
+    for layer in layers_of(param):
         pooling = layer.pooling_param
         if not schema.has(pooling, "ceil_mode"):
             continue

@@ -10,13 +10,13 @@ recognised as PSPNet's, gets ``frozen: false`` (PSPNet's default) to say whose i
 DeepLab's other layers (SegAccuracy, DenseCRF, MatRead, ...) are not part of this dialect.
 """
 from protocaffe import schema
-from protocaffe.dialects import Dialect, register, wire
+from protocaffe.dialects import Dialect, layers_of, register, wire
 from protocaffe.proto.forks import pspnet_pb2, segnet_pb2  # noqa: F401 (register the forks' fields)
 
 
 def convert(param, source):
     """A BN layer without bn_param fields is PSPNet's BN, not frozen."""
-    for layer in param.layer:
+    for layer in layers_of(param):
         if layer.type == "BN" and not schema.get(layer, "bn_param").ListFields():
             schema.get(layer, "bn_param").frozen = False
     return param

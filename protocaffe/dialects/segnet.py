@@ -19,13 +19,13 @@ The forks' ``BN`` with no bn_param at all cannot say whose BN it is: in a file r
 SegNet's, :func:`convert` sets ``bn_mode: LEARN`` (SegNet's default) on it.
 """
 from protocaffe import schema
-from protocaffe.dialects import Dialect, register, wire
+from protocaffe.dialects import Dialect, layers_of, register, wire
 from protocaffe.proto.forks import segnet_pb2  # noqa: F401 (registers the fork's fields)
 
 
 def convert(param, source):
     """A BN layer without bn_param fields is SegNet's BN in LEARN mode."""
-    for layer in param.layer:
+    for layer in layers_of(param):
         if layer.type == "BN" and not schema.get(layer, "bn_param").ListFields():
             schema.get(layer, "bn_param").bn_mode = segnet_pb2.BNParameter.LEARN
     return param

@@ -62,6 +62,8 @@ class BuildContext:
     #: Caffe::set_random_seed starts it; fillers, data layers and CPU Dropout draw from it as
     #: Caffe's layers do. None when unseeded; ``.lost`` once a layer drew what is not replayed
     caffe_stream: object = None
+    #: the memory the net being built may still take (protocaffe.memory.Budget); None: unchecked
+    memory: object = None
 
     def caffes(self):
         """Caffe's stream when its values are still Caffe's, else None."""
@@ -99,6 +101,9 @@ class Layer(nn.Module):
     is_loss = False
     #: the tops' first axis depends on the data (Filter): top_shapes gives an upper bound
     batch_from_data = False
+    #: the tops' sizes depend on the data (DetectionOutput's rows): top_shapes gives the
+    #: placeholder shape Caffe's Reshape gives before any data, with the same number of axes
+    shape_from_data = False
 
     def __init__(self, param, bottom_shapes, ctx=None):
         super().__init__()
@@ -146,7 +151,12 @@ class Layer(nn.Module):
         both kinds are saved in .caffemodel files in ``blob_names`` order.
         """
         from protocaffe.fillers import fill
-        tensor = torch.empty(tuple(int(d) for d in shape), dtype=torch.float32)
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise self.error(f"parameter {name} would have shape {shape}: a dimension is negative")
+        if self.ctx.memory is not None:
+            self.ctx.memory.claim(self, f"parameter {name} ({'x'.join(map(str, shape))})", count(shape))
+        tensor = torch.empty(shape, dtype=torch.float32)
         fill(tensor, filler if filler is not None else caffe_pb2.FillerParameter(),
              self.ctx.generator, self.ctx.caffes())
         if trainable:

@@ -1,5 +1,5 @@
-"""Blob-shuffling layers: Concat, Eltwise, Flatten, Reshape, Slice, Split, Silence, Tile,
-Reduction, ArgMax."""
+"""Blob-shuffling layers: Concat, Eltwise, Flatten, Reshape, Permute (SSD), Slice, Split, Silence,
+Tile, Reduction, ArgMax."""
 import torch
 
 from protocaffe.layer_types.base import Layer, canonical_axis, count, register
@@ -151,6 +151,31 @@ class Reshape(Layer):
 
     def forward(self, x):
         return x.reshape(self._shape(tuple(x.shape)))
+
+
+@register
+class Permute(Layer):
+    """The SSD fork's transpose: axes reordered as ``permute_param.order``; (N, C, H, W) with
+    order 0 2 3 1 -> (N, H, W, C). Axes the order leaves out follow in their own order
+    (0 2 on a 4-axis blob is 0 2 1 3). The identity order gives the bottom itself (Caffe
+    shares its data and diff)."""
+    type = "Permute"
+
+    def setup(self, bottom_shapes):
+        n = len(bottom_shapes[0])
+        order = list(self.layer_param("permute_param").order)
+        for axis in order:
+            if axis >= n:
+                raise self.error(f"order {axis} is not an axis of a {n}-axis bottom")
+        if len(set(order)) != len(order):
+            raise self.error(f"order {order} repeats an axis")
+        self.order = tuple(order + [a for a in range(n) if a not in order])
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0][a] for a in self.order)]
+
+    def forward(self, x):
+        return x if self.order == tuple(range(x.dim())) else x.permute(self.order)
 
 
 @register

@@ -1,4 +1,4 @@
-"""Normalization and affine layers: BatchNorm, MVN, Scale, Bias."""
+"""Normalization and affine layers: BatchNorm, MVN, Normalize (SSD), Scale, Bias."""
 import torch
 
 from protocaffe.layer_types.base import Layer, canonical_axis, register
@@ -74,6 +74,61 @@ class MVN(Layer):
         if self.normalize:
             centred = centred / ((centred ** 2).mean(-1, keepdim=True).sqrt() + self.eps)
         return centred.reshape(x.shape)
+
+
+@register
+class Normalize(Layer):
+    """The SSD fork's L2 normalization with a learned scale: x (N, C, ...) -> same shape.
+
+    y = s * x / sqrt(sum x^2 + eps): the sum runs over the channels at each position, or over
+    the whole item with ``across_spatial``; s is one value (a 0-axis blob, ``channel_shared``)
+    or one per channel (C,). Without ``scale_filler`` s starts at 1 (the fork's choice; the
+    filler message's own default would give 0). SSD's conv4_3_norm: within positions, per
+    channel, scale 20. With a per-channel s the gradient to x is the fork's, which is not
+    the derivative (see _ScaledL2Norm).
+    """
+    type = "Normalize"
+
+    def setup(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        if len(shape) < 2:
+            raise self.error(f"needs a bottom of at least 2 axes, found shape {shape}")
+        p = self.layer_param("norm_param")
+        self.across_spatial, self.eps = p.across_spatial, p.eps
+        filler = p.scale_filler if p.HasField("scale_filler") else caffe_pb2.FillerParameter(type="constant", value=1)
+        self.add_blob("weight", () if p.channel_shared else (shape[1],), filler)
+
+    def top_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, x):
+        axes = tuple(range(1, x.dim())) if self.across_spatial else (1,)
+        return _ScaledL2Norm.apply(x, _broadcast(self.weight, 1, x.dim()), axes, self.eps)
+
+
+class _ScaledL2Norm(torch.autograd.Function):
+    """y = x / n * s with n = sqrt(sum over ``axes`` of x^2 + eps) and s broadcast over x.
+
+    Backward as the fork's Normalize: dx = s * (g - x (x . g) / n^2) / n, the dot over
+    ``axes``. That is the derivative when s is one value; for a per-channel s the fork scales
+    after projecting (the derivative would project s * g), and this keeps the fork's
+    gradient. ds = sum of g * x / n over the axes s is broadcast along."""
+
+    @staticmethod
+    def forward(ctx, x, scale, axes, eps):
+        norm = ((x * x).sum(axes, keepdim=True) + eps).sqrt()
+        unit = x / norm
+        ctx.save_for_backward(x, unit, norm, scale)
+        ctx.axes = axes
+        return unit * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        x, unit, norm, scale = ctx.saved_tensors
+        dot = (x * g).sum(ctx.axes, keepdim=True)
+        dx = (g - x * dot / (norm * norm)) / norm * scale
+        summed = tuple(a for a in range(x.dim()) if scale.shape[a] == 1)
+        return dx, (g * unit).sum(summed, keepdim=True), None, None
 
 
 def _affine_shape(layer, p, bottom_shapes):

@@ -2,11 +2,11 @@
 
 ``python_param { module: "pyloss" layer: "EuclideanLossLayer" param_str: "..." }``
 imports ``module`` from ``sys.path`` (which holds ``PYTHONPATH``) and builds
-``layer(layer_parameter)``, a subclass of pycaffe's ``caffe.Layer`` (here
-:class:`Layer`, exported as ``protocaffe.Layer``). Then, as Caffe does: ``param_str``
+``layer(layer_parameter)``, a subclass of pycaffe's ``caffe.Layer``
+(:class:`protocaffe.pycaffe.layer.Layer`, exported as ``protocaffe.Layer``). Then, as Caffe does: ``param_str``
 and ``phase`` are set, ``setup(bottom, top)`` runs once, and ``reshape(bottom, top)``
 before every ``forward(bottom, top)``; ``backward(top, propagate_down, bottom)``
-writes the bottoms' diffs. Blobs are :class:`protocaffe.pycaffe.Blob` on the CPU
+writes the bottoms' diffs. Blobs are :class:`protocaffe.blob.Blob` on the CPU
 (``.data``/``.diff`` numpy arrays writable in place, ``.reshape(*shape)``, ``.num``,
 ``.channels``, ``.height``, ``.width``, ``.count``, ``.shape``).
 
@@ -27,16 +27,29 @@ backward. A Python layer has no default loss weight: a loss top needs ``loss_wei
 
 A module that does ``import caffe`` gets protocaffe when no real pycaffe is
 importable; a real pycaffe is never shadowed.
+
+A net from a stranger runs the stranger's code through its Python layers: the file each
+imports is logged before it runs, and ``PROTOCAFFE_NO_PYTHON_LAYERS=1`` (the command line's
+``--no_python_layers``) refuses every Python layer before anything is imported.
 """
-import functools
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 
 import torch
 
+from protocaffe.blob import Blob, ParamBlob
 from protocaffe.layer_types import base
+from protocaffe.log import LOGGER as log
+
+NO_PYTHON_LAYERS = "PROTOCAFFE_NO_PYTHON_LAYERS"
+"""The environment switch that refuses Python layers (any value but '', 0, false or no)."""
+
+
+def python_layers_refused():
+    return os.environ.get(NO_PYTHON_LAYERS, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class Phase(int):
@@ -48,34 +61,6 @@ class Phase(int):
         return "TRAIN" if self == 0 else "TEST"
 
     __repr__ = __str__
-
-
-class Layer:
-    """pycaffe's ``caffe.Layer``: subclass it and override the four methods.
-
-    ``self.param_str`` (python_param.param_str; also as ``self.param_str_``, the name
-    Faster R-CNN's Caffe used) and ``self.phase`` (a :class:`Phase`) are set before
-    ``setup``. Each method gets lists of blobs.
-    """
-
-    def __init__(self, param=None):
-        self.layer_param = param
-
-    @property
-    def type(self):
-        return "Python"
-
-    def setup(self, bottom, top):
-        """Called once, when the net is built."""
-
-    def reshape(self, bottom, top):
-        """Called before every forward: reshape the tops to fit the bottoms."""
-
-    def forward(self, bottom, top):
-        """Write ``top[i].data`` from ``bottom[i].data``."""
-
-    def backward(self, top, propagate_down, bottom):
-        """Write ``bottom[i].diff`` where ``propagate_down[i]``, from ``top[i].diff``."""
 
 
 class PythonLayerError(RuntimeError):
@@ -95,30 +80,23 @@ class BlobVec(list):
         self.append(self._layer.new_blob(shape))
 
 
-@functools.cache
-def _param_blob_class():
-    """The class of ``self.blobs``' items (defined on first use: pycaffe sits above the layers)."""
-    from protocaffe.pycaffe.blob import ParamBlob
+class LayerBlob(ParamBlob):
+    """One of a Python layer's ``self.blobs``: ``.data`` is the parameter; ``.diff`` is its
+    gradient, except in backward, where it is ``grad``, a zeroed tensor handed to autograd afterwards."""
 
-    class LayerBlob(ParamBlob):
-        """One of ``self.blobs``: ``.data`` is the parameter; ``.diff`` is its gradient, except
-        in backward, where it is ``grad``, a zeroed tensor handed to autograd afterwards."""
+    def __init__(self, layer, name):
+        super().__init__(layer, name)
+        self.grad = None
 
-        def __init__(self, layer, name):
-            super().__init__(layer, name)
-            self.grad = None
+    @property
+    def _diff(self):
+        return ParamBlob._diff.fget(self) if self.grad is None else self.grad
 
-        @property
-        def _diff(self):
-            return ParamBlob._diff.fget(self) if self.grad is None else self.grad
-
-        def _push(self):
-            if self._mirrored():
-                self._host["data"].push(self._data)
-                if self._host["diff"].head == "host":
-                    self._host["diff"].push(self._diff)
-
-    return LayerBlob
+    def _push(self):
+        if self._mirrored():
+            self._host["data"].push(self._data)
+            if self._host["diff"].head == "host":
+                self._host["diff"].push(self._diff)
 
 
 class _CaffeAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -153,7 +131,6 @@ def _alias_caffe():
 
 
 def _blob(tensor):
-    from protocaffe.pycaffe import Blob  # the pycaffe surface sits above the layers
     return Blob(tensor.detach().cpu().contiguous())
 
 
@@ -185,10 +162,17 @@ class Python(base.Layer):
         self.call("setup", self.impl.setup, self._zeros(bottom_shapes), self.tops)
 
     def _import(self, module):
+        if python_layers_refused():
+            raise self.error(f"refused: it would import python_param.module '{module}', and Python layers "
+                             f"are turned off (--no_python_layers, or {NO_PYTHON_LAYERS}=1)")
         if not module:
             raise self.error("python_param.module is not set")
         _alias_caffe()
         try:
+            spec = importlib.util.find_spec(module)
+            if spec is None:
+                raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+            log.info("Layer '%s' (type Python) imports module '%s' from %s", self.name, module, spec.origin)
             return importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name is not None and (module + ".").startswith(e.name + "."):
@@ -202,7 +186,7 @@ class Python(base.Layer):
         """A zero-filled parameter ``blob<i>`` of ``shape`` and the pycaffe blob over it."""
         name = f"blob{len(self.blob_names)}"
         self.add_blob(name, shape)
-        return _param_blob_class()(self, name)
+        return LayerBlob(self, name)
 
     def call(self, what, fn, *args):
         """Run user code; an exception names the layer and module and chains the user's own.
@@ -247,7 +231,6 @@ class Python(base.Layer):
     def run_backward(self, bottom, tops, grads, propagate_down):
         """backward with the tops' data and diffs; the bottoms' diffs as tensors (None where not
         asked), then the diffs written to the layer blobs (zero where none was written)."""
-        from protocaffe.pycaffe import Blob
         top = [Blob(t, g.detach().cpu().contiguous()) for t, g in zip(tops, grads)]
         for blob in self.layer_blobs:
             blob.grad = torch.zeros_like(blob._data)

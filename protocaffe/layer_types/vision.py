@@ -177,11 +177,11 @@ class Pooling(Layer):
     precomputed window-size map.
 
     STOCHASTIC (no padding; activations assumed non-negative): in TRAIN each window outputs
-    one of its values, drawn with probability proportional to the value (uniform draws from
-    the net's generator), and the gradient goes to that position only; in TEST it outputs
-    sum(x^2) / sum(x) over the window, 0 where the sum is not positive. BVLC Caffe has this
-    on the GPU only; the TEST output gets autograd's gradient of that formula, where Caffe
-    has no TEST backward.
+    one of its values, drawn with probability proportional to the value (uniform draws made
+    on the input's device, from the net's generator for it), and the gradient goes to that
+    position only; in TEST it outputs sum(x^2) / sum(x) over the window, 0 where the sum is
+    not positive. BVLC Caffe has this on the GPU only; the TEST output gets autograd's
+    gradient of that formula, where Caffe has no TEST backward.
 
     A second top (MAX only) is Caffe's argmax mask, shaped like the first: for each window the
     flat index h * W + w of its maximum in the (n, c) input plane, the first maximum in
@@ -306,8 +306,9 @@ class Pooling(Layer):
         windows = windows.flatten(-2)
         if self.phase == caffe_pb2.TRAIN:
             cumsum = windows.detach().cumsum(-1)
-            draw = torch.rand(windows.shape[:-1] + (1,), generator=self.ctx.generator)
-            threshold = draw.to(device=x.device, dtype=x.dtype) * cumsum[..., -1:]
+            draw = torch.rand(windows.shape[:-1] + (1,), generator=self.ctx.generator_on(x.device),
+                              device=x.device)
+            threshold = draw.to(x.dtype) * cumsum[..., -1:]
             # the first position whose running sum reaches the threshold, as Caffe's kernel
             index = (cumsum >= threshold).int().argmax(-1, keepdim=True)
             return windows.gather(-1, index).squeeze(-1)

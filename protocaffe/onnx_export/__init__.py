@@ -13,13 +13,14 @@ Needs the optional ``onnx`` package (``pip install -e '.[onnx]'``).
 """
 import os
 
-from protocaffe.errors import CaffeError
+from protocaffe.errors import CaffeError, MissingExtraError
 
 try:
     import onnx
     from onnx import helper
-except ImportError:
-    raise CaffeError("ONNX export needs the onnx package: pip install -e '.[onnx]'") from None
+except ImportError as e:
+    raise MissingExtraError("ONNX export needs the onnx package: pip install -e '.[onnx]'",
+                            name=e.name) from None
 
 from protocaffe.onnx_export.graph import DTYPES, Graph  # noqa: E402
 from protocaffe.onnx_export.layers import EXPORTERS  # noqa: E402

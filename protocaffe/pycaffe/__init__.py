@@ -11,14 +11,15 @@ A pycaffe script ports by changing its import::
 
 Underneath is :class:`protocaffe.net.CaffeNet`, a plain ``torch.nn.Module``
 (``net.module``). ``.data`` and ``.diff`` are numpy arrays: views on the CPU,
-host copies kept in sync on a GPU (see :mod:`protocaffe.pycaffe.blob`).
+host copies kept in sync on a GPU (see :mod:`protocaffe.blob`).
 """
 from protocaffe.layer_types import LAYERS
 from protocaffe.proto import caffe_pb2
-from protocaffe.pycaffe.blob import Blob, ParamBlob
+from protocaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import (Timer, current_device, has_nccl, init_log, log, set_device, set_mode_cpu,
                                      set_mode_gpu, set_random_seed)
-from protocaffe.pycaffe.net import Layer, Net
+from protocaffe.pycaffe.layer import Layer
+from protocaffe.pycaffe.net import LayerView, Net
 from protocaffe.pycaffe.parallel import (NCCL, set_multiprocess, set_solver_count, set_solver_rank, solver_count,
                                          solver_rank)
 from protocaffe.pycaffe.solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,
@@ -33,7 +34,7 @@ def layer_type_list():
     return sorted(LAYERS)
 
 
-__all__ = ["Blob", "ParamBlob", "Layer", "Net", "Solver", "TRAIN", "TEST", "Timer", "current_device",
+__all__ = ["Blob", "ParamBlob", "Layer", "LayerView", "Net", "Solver", "TRAIN", "TEST", "Timer", "current_device",
            "has_nccl", "init_log", "log",
            "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed", "layer_type_list",
            "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",

@@ -15,12 +15,12 @@ import torch
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.python import Python
 from protocaffe.net import build_net
-from protocaffe.pycaffe.blob import Blob, ParamBlob
+from protocaffe.blob import Blob, ParamBlob
 from protocaffe.pycaffe.mode import caffe_stream, current_device, next_seed
 
 
-class Layer:
-    """pycaffe's view of one layer: ``type``, ``blobs`` (ParamBlobs), ``reshape``.
+class LayerView:
+    """pycaffe's view of one layer (an item of ``net.layers``): ``type``, ``blobs`` (ParamBlobs), ``reshape``.
 
     Other attributes are the underlying module's (``layer.weight``, ``layer.param``). A
     ``Python`` layer is not wrapped: ``net.layers[i]`` is the user's layer object itself, as
@@ -85,7 +85,7 @@ class Net:
         self.device = m.ctx.device
         self.blobs = OrderedDict((n, Blob(torch.zeros(s, device=self.device))) for n, s in m.blob_shapes.items())
         self._modules = mods = [m.layers[s.key] for s in m.plan]
-        self.layers = [mod.impl if isinstance(mod, Python) else Layer(self, i, mod) for i, mod in enumerate(mods)]
+        self.layers = [mod.impl if isinstance(mod, Python) else LayerView(self, i, mod) for i, mod in enumerate(mods)]
         self._layer_names = [mod.name for mod in mods]
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in self.layer_dict.items() if l.blobs)

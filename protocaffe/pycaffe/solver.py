@@ -3,7 +3,7 @@
 ``solver.net`` and ``solver.test_nets`` are :class:`~protocaffe.pycaffe.net.Net` views of
 the solver's own modules (same tensors), so after ``solver.step(n)`` the blobs hold the
 last iteration's values and ``solver.test_nets[0].forward()`` runs the next test batch
-with the current weights. The loop itself is :class:`protocaffe.solver.Solver`'s.
+with the current weights. The loop itself is :class:`protocaffe.solver.CaffeSolver`'s.
 """
 from protocaffe import solver as _solvers
 from protocaffe.distributed import solver_rank

@@ -3,12 +3,12 @@
 import os
 
 from protocaffe.errors import CaffeError
-from protocaffe.solver.solver import Solver, read_solver_param
+from protocaffe.solver.solver import CaffeSolver, read_solver_param, solver_gpu
 
 
 def get_solver(path, **kwargs):
     """The solver a prototxt describes (its ``type``, default SGD)."""
-    return Solver(path, **kwargs)
+    return CaffeSolver(path, **kwargs)
 
 
 def _typed(type_name):
@@ -17,7 +17,7 @@ def _typed(type_name):
         if p.HasField("type") and p.type != type_name:
             raise CaffeError(f"{path}: is a {p.type} solver, not {type_name}")
         p.type = type_name
-        return Solver(p, **kwargs)
+        return CaffeSolver(p, **kwargs)
     make.__name__ = f"{type_name}Solver"
     make.__doc__ = f"A {type_name} solver from a solver prototxt."
     return make
@@ -30,5 +30,5 @@ RMSPropSolver = _typed("RMSProp")
 AdaDeltaSolver = _typed("AdaDelta")
 AdamSolver = _typed("Adam")
 
-__all__ = ["Solver", "get_solver", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+__all__ = ["CaffeSolver", "get_solver", "read_solver_param", "solver_gpu", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
            "AdaDeltaSolver", "AdamSolver"]

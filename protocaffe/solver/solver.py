@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from google.protobuf import unknown_fields
 
-from protocaffe import dialects, fileio
+from protocaffe import dialects, fileio, schema
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log, g
 from protocaffe import caffe_random
 from protocaffe.net import CaffeNet, filter_net, read_net_param
 from protocaffe.proto import caffe_pb2
+from protocaffe.solver.detection import SCORES
 from protocaffe.solver.policies import POLICIES, check_policy, plateau_observe
 from protocaffe.solver.updates import HISTORY, RULES, regularize
 from protocaffe.speed import Speed
@@ -34,11 +35,20 @@ TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 def read_solver_param(path):
     """Read a solver prototxt (a fork's fields by name, its dialect named in the log), upgrade it
-    (solver_type -> type) and check its lr policy's fields."""
+    (solver_type -> type) and check its counts and lr policy's fields (check_solver)."""
     param = fileio.read_text(path, caffe_pb2.SolverParameter)
     param = upgrade_solver(dialects.recognise(param, os.fspath(path)), os.fspath(path))
-    check_policy(param, os.fspath(path))
+    check_solver(param, os.fspath(path))
     return param
+
+
+def check_solver(p, where, warn=True):
+    """iter_size and average_loss at least 1 (the loop divides by both; Caffe checks
+    average_loss), then the lr policy's fields (check_policy)."""
+    for name in ("iter_size", "average_loss"):
+        if getattr(p, name) < 1:
+            raise CaffeError(f"{where}: {name} must be at least 1, found {getattr(p, name)}")
+    check_policy(p, where, warn)
 
 
 def _state(phase, *merge):
@@ -77,10 +87,19 @@ def _net_params(p):
     return (train, train_state), list(zip(tests, test_states))
 
 
+def solver_gpu(p):
+    """The GPU the solver file asks for, or None: Caffe's rule (tools/caffe.cpp, train) reads
+    ``solver_mode`` only where the file sets it, so a solver without it runs on the CPU (the
+    field's default, GPU, is never used); ``device_id`` is 0 unless set."""
+    if p.HasField("solver_mode") and p.solver_mode == caffe_pb2.SolverParameter.GPU:
+        return p.device_id
+    return None
+
+
 def _device(p, gpu=None):
-    if gpu is None and p.solver_mode == caffe_pb2.SolverParameter.GPU:
+    if gpu is None and solver_gpu(p) is not None:
         if torch.cuda.is_available():
-            gpu = p.device_id
+            gpu = solver_gpu(p)
         else:
             log.warning("solver_mode is GPU but no CUDA device is available; running on the CPU")
     if gpu is None:
@@ -92,8 +111,9 @@ def _device(p, gpu=None):
     return torch.device("cuda", gpu)
 
 
-class Solver:
-    """A Caffe solver of the type in its prototxt (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)."""
+class CaffeSolver:
+    """A Caffe solver of the type in its prototxt (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam):
+    the training loop under pycaffe's :class:`protocaffe.pycaffe.Solver`, as CaffeNet is under its Net."""
 
     def __init__(self, param_or_path, *, gpu=None, weights=None, speed=None):
         p = read_solver_param(param_or_path) if isinstance(param_or_path, (str, os.PathLike)) \
@@ -103,9 +123,11 @@ class Solver:
             raise CaffeError(f"unknown solver type '{p.type}'; known: {', '.join(RULES)}")
         if p.lr_policy not in POLICIES:
             raise CaffeError(f"unknown lr_policy '{p.lr_policy}'; known: {', '.join(POLICIES)}")
-        check_policy(p, "the solver", warn=False)  # read_solver_param warns of unset fields
+        check_solver(p, "the solver", warn=False)  # read_solver_param warns of unset fields
         if p.regularization_type not in ("L1", "L2"):
             raise CaffeError(f"unknown regularization_type '{p.regularization_type}'; use L1 or L2")
+        if schema.get(p, "eval_type") not in SCORES:
+            raise CaffeError(f"unknown eval_type '{schema.get(p, 'eval_type')}'; known: {', '.join(SCORES)}")
         self.rule = RULES[p.type]
         self.device = _device(p, gpu)
         seed = p.random_seed if p.random_seed >= 0 else None
@@ -116,12 +138,14 @@ class Solver:
         log.info("Creating training net")
         # one Caffe random stream for all the nets, as Caffe::set_random_seed starts it
         stream = caffe_random.Stream(seed) if seed is not None else None
-        self.net = CaffeNet(filter_net(train, train_state), seed=seed, caffe_stream=stream).to(self.device)
+        self.net = CaffeNet(filter_net(train, train_state), seed=seed, caffe_stream=stream,
+                             device=self.device).to(self.device)
         self.net.keep_all_blobs = False  # the loop reads outputs only: free the rest early
         self.test_nets = []
         for i, (t, state) in enumerate(tests):
             log.info("Creating test net (#%d) specified by the solver", i)
-            test_net = CaffeNet(filter_net(t, state), seed=seed, caffe_stream=stream).to(self.device)
+            test_net = CaffeNet(filter_net(t, state), seed=seed, caffe_stream=stream,
+                                 device=self.device).to(self.device)
             test_net.keep_all_blobs = False
             share_trained_layers(test_net, self.net)
             self.test_nets.append(test_net)
@@ -324,20 +348,20 @@ class Solver:
                      self.current_step)
 
     def test(self, i):
-        """Run test net i for test_iter batches; log and return each output averaged."""
+        """Run test net i for test_iter batches; log and return each output's score: its
+        average, or with the SSD fork's eval_type "detection" its mean average precision."""
         log.info("Iteration %d, Testing net (#%d)", self.iter, i)
         net, iters = self.test_nets[i], self.param.test_iter[i]
-        sums, loss = None, 0.0
+        score, loss = SCORES[schema.get(self.param, "eval_type")](self.param, iters), 0.0
         with torch.no_grad(), self.speed.autocast(self.device):
             for _ in range(iters):
                 blobs = net()
                 if self.param.test_compute_loss:
                     loss += float(net.loss(blobs))
-                outs = {n: blobs[n].detach().double().cpu().numpy() for n in net.output_names}
-                sums = outs if sums is None else {n: sums[n] + outs[n] for n in outs}
+                score.add({n: blobs[n].detach().double().cpu().numpy() for n in net.output_names})
         if self.param.test_compute_loss:
             log.info("Test loss: %s", g(loss / iters))
-        means = {n: v / iters for n, v in (sums or {}).items()}
+        means = score.result()
         self._log_outputs("Test", net, means)
         return means
 

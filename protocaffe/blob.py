@@ -1,5 +1,8 @@
 """pycaffe's Blob: ``.data`` and ``.diff`` as numpy arrays over a tensor that may live on a device.
 
+A leaf module (it imports no other part of protocaffe but the errors): the pycaffe surface
+and the Python layer type both take Blob from here.
+
 On the CPU the arrays are views of the tensors, so writes land at once. On a
 device they are host copies kept as Caffe's SyncedMemory keeps them: reading
 ``.data`` copies the device values to the host if the device is newer, and
