@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import torch
 
-from protocaffe import schema
+from protocaffe import fileio, schema
 from protocaffe.dialects.wire import LENGTH, _encode_varint
 from protocaffe.layer_types import LAYERS, BuildContext
 from protocaffe.net import build_net
@@ -100,13 +100,20 @@ def opencv_forward(prototxt, weights, inputs, outputs, tmp_path):
         return [found[f"arr_{i}"] for i in range(len(outputs))]
 
 
-def run_both(tmp_path, text, inputs, outputs, seed=0, opencv_text=None):
+def run_both(tmp_path, text, inputs, outputs, seed=0, opencv_text=None, opencv_blobs=None):
     """(protocaffe's outputs, OpenCV's outputs) of the net ``text`` with random weights
     (:func:`calibrated_net`); OpenCV reads ``opencv_text`` where the two need different
-    prototxt (same layer names)."""
+    prototxt (same layer names), and ``opencv_blobs`` ({layer name: [array]}) adds blobs
+    OpenCV's layer wants and protocaffe's has not (OpenCV's Region takes its anchors so)."""
     path = tmp_path / "net.prototxt"
     path.write_text(text)
     net, weights = calibrated_net(path, inputs, seed)
+    if opencv_blobs:
+        param = fileio.read_binary(weights, caffe_pb2.NetParameter)
+        for lp in param.layer:
+            for array in opencv_blobs.get(lp.name, []):
+                fileio.array_to_blob(array, blob=lp.blobs.add())
+        fileio.write_binary(param, weights)
     with torch.no_grad():
         blobs = net(**{k: torch.from_numpy(v) for k, v in inputs.items()})
     ours = [blobs[o].numpy() for o in outputs]

@@ -57,6 +57,8 @@ EXTENSIONS = {("SolverParameter", "plateau_output"), ("SolverParameter", "platea
               ("SolverState", "plateau_best"),
               ("SolverState", "plateau_wait"), ("TransformationParameter", "pca_file"),
               ("TransformationParameter", "pca_std")}
+# R-FCN's PRE_FIXED normalization (its forks number it 3, BVLC's NONE; here 1000)
+ENUM_EXTENSIONS = {("LossParameter.NormalizationMode", "PRE_FIXED")}
 
 
 def caffe_rows():
@@ -68,7 +70,7 @@ def caffe_rows():
 
 def test_schema_equals_caffes_row_by_row():
     theirs = caffe_rows()
-    ours = [r for r in our_rows() if r[0] != "field" or (r[1], r[2]) not in EXTENSIONS]
+    ours = [r for r in our_rows() if (r[1], r[2]) not in (EXTENSIONS if r[0] == "field" else ENUM_EXTENSIONS)]
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert a == b, f"row {i + 2} of caffe_schema.tsv"
     assert len(ours) == len(theirs) == 534
@@ -84,6 +86,10 @@ def test_default_rendering_samples():
 
 def test_extensions_are_far_above_caffes_numbers():
     rows = our_rows()
+    for scope, name in ENUM_EXTENSIONS:
+        values = {r[2]: int(r[3]) for r in rows if r[0] == "enum_value" and r[1] == scope}
+        caffe_max = max(v for n, v in values.items() if (scope, n) not in ENUM_EXTENSIONS)
+        assert values[name] >= 1000 and values[name] > 10 * caffe_max, (scope, name)
     found = {(r[1], r[2]): int(r[3]) for r in rows if r[0] == "field" and (r[1], r[2]) in EXTENSIONS}
     assert found.keys() == EXTENSIONS
     for (message, name), number in found.items():
@@ -131,7 +137,7 @@ def test_shipped_modules_are_generated_from_the_protos(tmp_path):
         sys.path.pop(0)
     written = gen_proto.generate(tmp_path)
     names = [p.relative_to(tmp_path).as_posix() for p in written]
-    assert names[0] == "caffe_pb2.py" and {"forks/ssd_pb2.py", "forks/segnet_pb2.py"} <= set(names)
+    assert names[0] == "caffe_pb2.py" and {"forks/ssd_pb2.py", "forks/segnet_pb2.py", "forks/rfcn_pb2.py"} <= set(names)
     for path in written:
         shipped = ROOT / "protocaffe" / "proto" / path.relative_to(tmp_path)
         assert path.read_text() == shipped.read_text(), shipped

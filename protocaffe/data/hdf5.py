@@ -15,7 +15,7 @@ import torch
 from protocaffe.caffe_random import CRand
 from protocaffe.distributed import solver_count, solver_rank
 from protocaffe.errors import CaffeError
-from protocaffe.layer_types.base import Layer, register
+from protocaffe.layer_types.base import Layer, legacy_shape, register
 from protocaffe.proto import caffe_pb2
 
 
@@ -164,11 +164,6 @@ class HDF5Data(Layer):
             raise self.error(str(e)) from None
         out = tuple(torch.from_numpy(a).to(self.ctx.device) for a in arrays)
         return out[0] if len(out) == 1 else out
-
-
-def legacy_shape(shape):
-    """Caffe's 4-d (num, channels, height, width) of a blob of at most 4 axes: missing axes are 1."""
-    return tuple(shape) + (1,) * (4 - len(shape))
 
 
 @register

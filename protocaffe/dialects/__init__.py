@@ -144,3 +144,4 @@ def read_binary(path, message_type, dialect=None):
 
 # importing the dialect modules registers them
 from protocaffe.dialects import ssd, densenet, segnet, pspnet, mobilenet, shufflenet, senet  # noqa: E402,F401
+from protocaffe.dialects import faster_rcnn, rfcn, yolo, sphereface, caffe_face  # noqa: E402,F401

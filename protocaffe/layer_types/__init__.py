@@ -7,4 +7,4 @@ here imports data. (pycaffe's ``caffe.layers`` is net_spec's layer factory, not 
 from protocaffe.layer_types.base import LAYERS, BuildContext, Layer, layer_class, register  # noqa: F401
 from protocaffe.layer_types import input, vision, neuron, common, normalization, loss  # noqa: F401,E402
 from protocaffe.layer_types import recurrent, python, spp, indexing, im2col  # noqa: F401,E402
-from protocaffe.layer_types import segmentation, mobile, detection, multibox  # noqa: F401,E402
+from protocaffe.layer_types import segmentation, mobile, detection, multibox, roi, ohem, yolo, face  # noqa: F401,E402

@@ -189,3 +189,8 @@ def count(shape, start=0, end=None):
     for d in shape[start:end]:
         n *= int(d)
     return n
+
+
+def legacy_shape(shape):
+    """Caffe's 4-d (num, channels, height, width) of a blob of at most 4 axes: missing axes are 1."""
+    return tuple(shape) + (1,) * (4 - len(shape))

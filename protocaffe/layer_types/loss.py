@@ -18,6 +18,7 @@ from protocaffe import fileio, schema
 from protocaffe.errors import CaffeError
 from protocaffe.layer_types.base import Layer, canonical_axis, count, register
 from protocaffe.proto import caffe_pb2
+from protocaffe.proto.forks import rfcn_pb2  # noqa: F401 (R-FCN's pre_fixed_normalizer in LossParameter)
 from protocaffe.proto.forks import segnet_pb2  # noqa: F401 (SegNet's class weights in LossParameter)
 
 FLT_MIN = 1.175494351e-38
@@ -33,13 +34,18 @@ def normalization_mode(loss_param):
     return loss_param.normalization
 
 
-def normalizer(mode, outer, inner, valid):
+def pre_fixed(loss_param):
+    """R-FCN's ``pre_fixed_normalizer`` (proto/forks/rfcn.proto), the divisor under PRE_FIXED."""
+    return schema.get(loss_param, "pre_fixed_normalizer")
+
+
+def normalizer(mode, outer, inner, valid, fixed=1.0):
     """The divisor of a summed loss: FULL outer*inner, VALID the non-ignored count,
-    BATCH_SIZE outer, NONE 1; never below 1."""
+    BATCH_SIZE outer, NONE 1, PRE_FIXED (R-FCN's) ``fixed``; never below 1."""
     if mode == LossParameter.VALID:  # a count on the device: divide there, no read-back
         return torch.clamp(valid.to(torch.float32), min=1.0)
     return float(max(1, {LossParameter.FULL: outer * inner, LossParameter.BATCH_SIZE: outer,
-                         LossParameter.NONE: 1}[mode]))
+                         LossParameter.NONE: 1, LossParameter.PRE_FIXED: fixed}[mode]))
 
 
 def _labels(label):
@@ -117,7 +123,7 @@ class _SoftmaxLoss(_Loss):
 
     def _tops(self, total, x, logp, valid):
         outer, inner = count(x.shape, 0, self.axis), count(x.shape, self.axis + 1)
-        loss = total / normalizer(self.mode, outer, inner, valid.sum())
+        loss = total / normalizer(self.mode, outer, inner, valid.sum(), pre_fixed(self.param.loss_param))
         if len(self.param.top) > 1:
             return loss, logp.detach().exp()
         return loss
@@ -154,8 +160,12 @@ class SoftmaxWithLoss(_SoftmaxLoss):
     ``class_weighting[label]`` (one weight per class). The sum is still divided by the count
     of positions, not by the weights' sum, as in those forks (they read the legacy
     ``normalize``, which protocaffe's rule above applies while ``normalization`` is unset).
+
+    R-FCN's Caffe adds a third top, shaped like the label: each position's loss (0 where
+    ignored), without gradient, for BoxAnnotatorOHEM to rank regions by.
     """
     type = "SoftmaxWithLoss"
+    num_tops = (1, 3)
 
     def setup(self, bottom_shapes):
         super().setup(bottom_shapes)
@@ -172,6 +182,9 @@ class SoftmaxWithLoss(_SoftmaxLoss):
             weights = torch.tensor(weights)
         self.register_buffer("class_weights", weights, persistent=False)
 
+    def top_shapes(self, bottom_shapes):
+        return [(), bottom_shapes[0], bottom_shapes[1]][:len(self.param.top)]
+
     def forward(self, x, label):
         logp = F.log_softmax(x, dim=self.axis)
         lab = _labels(label).reshape(-1)
@@ -182,7 +195,10 @@ class SoftmaxWithLoss(_SoftmaxLoss):
         terms = _floored_log(picked, FLT_MIN) * valid
         if self.class_weights is not None:
             terms = terms * self.class_weights.to(x.dtype)[safe]
-        return self._tops(-terms.sum(), x, logp, valid)
+        tops = self._tops(-terms.sum(), x, logp, valid)
+        if len(self.param.top) < 3:
+            return tops
+        return (*tops, -terms.detach().reshape(label.shape))
 
 
 @register
@@ -297,7 +313,7 @@ class SigmoidCrossEntropyLoss(_Loss):
         per = F.binary_cross_entropy_with_logits(x, t, reduction="none")
         valid = _valid(t.long(), self.ignore)
         outer = x.shape[0]
-        norm = normalizer(self.mode, outer, x.numel() // outer, valid.sum())
+        norm = normalizer(self.mode, outer, x.numel() // outer, valid.sum(), pre_fixed(self.param.loss_param))
         return (per * valid).sum() / norm
 
 

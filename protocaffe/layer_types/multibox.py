@@ -17,7 +17,7 @@ from protocaffe import bbox
 from protocaffe.layer_types.base import Layer, count, register
 from protocaffe.layer_types.loss import FLT_MIN, _floored_log, _Loss, normalization_mode, normalizer
 from protocaffe.log import LOGGER as log
-from protocaffe.proto.forks import ssd_pb2
+from protocaffe.proto.forks import faster_rcnn_pb2, ssd_pb2  # noqa: F401 (faster_rcnn: smooth_l1_loss_param)
 
 MultiBox = ssd_pb2.MultiBoxLossParameter
 F32 = np.float32
@@ -41,24 +41,37 @@ def _smooth_l1_np(d):
 
 @register
 class SmoothL1Loss(_Loss):
-    """The SSD fork's SmoothL1Loss: a, b (N, ...) with equal counts per item -> ().
+    """SmoothL1Loss of the SSD fork and of Faster R-CNN's Caffe: a, b (N, ...) with equal
+    counts per item, optionally inside and outside weights w_in, w_out shaped like a -> ().
 
-    sum(smooth_l1(a - b)) / N; both bottoms get gradients (b's is minus a's). The fork's
-    code reads a third bottom (weights) but keeps LossLayer's count of exactly two, so Caffe
-    refuses it. Faster R-CNN's layer of the same name (sigma, inside and outside weights as
-    bottoms 3 and 4) extends this class: ``num_bottoms`` (2, 4) and ``elementwise``.
+    sum(w_out * smooth_l1(w_in * (a - b), sigma^2)) / N, with ``smooth_l1_loss_param.sigma``
+    (Faster R-CNN's; 1 where unset, which is SSD's layer) and the weights where given (bottoms
+    3 and 4 come together, as Faster R-CNN checks). a and b get gradients (b's is minus a's);
+    the weights get none, as in both forks. SSD's code reads a third bottom but its LossLayer
+    count of two refuses it: a net for SSD has two bottoms here.
     """
     type = "SmoothL1Loss"
+    num_bottoms = (2, 4)
 
     def setup(self, bottom_shapes):
         super().setup(bottom_shapes)
-        a, b = bottom_shapes
+        a, b = bottom_shapes[:2]
         if count(a, 1) != count(b, 1):
             raise self.error(f"bottoms must have the same count per item, found shapes {a} and {b}")
+        if len(bottom_shapes) == 3:
+            raise self.error("takes 2 bottoms (prediction, target) or 4 (and inside, outside weights), found 3")
+        for name, shape in zip(("inside", "outside"), bottom_shapes[2:]):
+            if count(shape) != count(a):
+                raise self.error(f"{name} weights need the prediction's count {count(a)}, found shape {shape}")
+        self.sigma2 = self.layer_param("smooth_l1_loss_param").sigma ** 2
 
     def elementwise(self, a, b, *weights):
         """The loss of each element, before the sum over all and the division by N."""
-        return smooth_l1(a - b.reshape(a.shape))
+        d = a - b.reshape(a.shape)
+        if not weights:
+            return smooth_l1(d, self.sigma2)
+        inside, outside = (w.detach().reshape(a.shape) for w in weights)
+        return outside * smooth_l1(inside * d, self.sigma2)
 
     def forward(self, a, b, *weights):
         return self.elementwise(a, b, *weights).sum() / a.shape[0]

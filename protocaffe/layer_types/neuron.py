@@ -9,9 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protocaffe import caffe_random
+from protocaffe import caffe_random, schema
 from protocaffe.layer_types.base import Layer, register
 from protocaffe.proto import caffe_pb2
+from protocaffe.proto.forks import faster_rcnn_pb2  # noqa: F401 (DropoutParameter.scale_train)
 
 
 class _Neuron(Layer):
@@ -162,6 +163,10 @@ class Dropout(_Neuron):
     """x (any) -> same shape. TRAIN: each unit kept with probability 1 - dropout_ratio and
     scaled by 1 / (1 - dropout_ratio) (inverted dropout, as Caffe); TEST: identity.
 
+    Faster R-CNN's ``scale_train: false`` (proto/forks/faster_rcnn.proto) moves the scaling to
+    TEST: TRAIN keeps the units unscaled, TEST multiplies by 1 - dropout_ratio (as the fork,
+    1 / scale in float32).
+
     The mask is drawn on x's device from the net's generator there, so a seeded run repeats;
     on the CPU in a net under a random seed it is Caffe's own (caffe_rng_bernoulli from
     Caffe's stream, protocaffe.caffe_random).
@@ -169,22 +174,25 @@ class Dropout(_Neuron):
     type = "Dropout"
 
     def setup(self, bottom_shapes):
-        ratio = self.param.dropout_param.dropout_ratio
-        if not 0 <= ratio < 1:
-            raise self.error(f"dropout_ratio must be in [0, 1), found {ratio}")
+        p = self.param.dropout_param
+        if not 0 <= p.dropout_ratio < 1:
+            raise self.error(f"dropout_ratio must be in [0, 1), found {p.dropout_ratio}")
+        threshold = float(np.float32(p.dropout_ratio))
+        self.scale = float(np.float32(1.0 / (1.0 - threshold)))  # Caffe's Dtype scale_
+        self.scale_train = schema.get(p, "scale_train")
 
     def forward(self, x):
         if self.phase != caffe_pb2.TRAIN:
-            return x
+            return x if self.scale_train else x * float(np.float32(1.0 / self.scale))
         ratio = self.param.dropout_param.dropout_ratio
         stream = self.ctx.caffes() if x.device.type == "cpu" else None
         if stream is not None:  # Caffe's CPU mask and float scale (on a GPU Caffe draws with cuRAND)
-            threshold = float(np.float32(ratio))
-            keep = caffe_random.bernoulli(stream, x.numel(), 1.0 - threshold)
-            keep = torch.from_numpy(keep.reshape(tuple(x.shape))).to(x.dtype)
-            return x * keep * float(np.float32(1.0 / (1.0 - threshold)))
-        keep = torch.rand(x.shape, generator=self.ctx.generator_on(x.device), device=x.device) >= ratio
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - ratio))
+            keep = caffe_random.bernoulli(stream, x.numel(), 1.0 - float(np.float32(ratio)))
+            keep, scale = torch.from_numpy(keep.reshape(tuple(x.shape))).to(x.dtype), self.scale
+        else:
+            keep = torch.rand(x.shape, generator=self.ctx.generator_on(x.device), device=x.device) >= ratio
+            keep, scale = keep.to(x.dtype), 1.0 / (1.0 - ratio)
+        return x * keep * scale if self.scale_train else x * keep
 
 
 @register

@@ -52,6 +52,17 @@ def python_layers_refused():
     return os.environ.get(NO_PYTHON_LAYERS, "").strip().lower() not in ("", "0", "false", "no")
 
 
+class Phase(int):
+    """A net's phase as pycaffe layers see ``self.phase``: the int (TRAIN 0, TEST 1) that
+    py-R-FCN compares (``self.phase == 0``), whose str() is the name py-faster-rcnn reads
+    (``cfg[str(self.phase)]``), as Boost.Python's enum gives it."""
+
+    def __str__(self):
+        return "TRAIN" if self == 0 else "TEST"
+
+    __repr__ = __str__
+
+
 class PythonLayerError(RuntimeError):
     """An exception raised by a user's Python layer code, re-raised naming the layer and
     module; the user's own exception is its ``__cause__``, traceback intact."""
@@ -142,9 +153,9 @@ class Python(base.Layer):
             raise self.error(f"module '{p.module}' has no class '{p.layer}' (python_param.layer)")
         self.layer_blobs = BlobVec(self)
         self.impl = self.call("__init__", cls, self.param)
-        self.impl.param_str = p.param_str
+        self.impl.param_str = self.impl.param_str_ = p.param_str
         self.impl.blobs = self.layer_blobs
-        self.impl.phase = int(self.phase)
+        self.impl.phase = Phase(self.phase)
         self.tops = [_blob(torch.zeros(0)) for _ in self.param.top]
         self.call("setup", self.impl.setup, self._zeros(bottom_shapes), self.tops)
 

@@ -24,7 +24,7 @@ except ImportError as e:
 
 from protocaffe.onnx_export.graph import DTYPES, Graph  # noqa: E402
 from protocaffe.onnx_export.layers import EXPORTERS  # noqa: E402
-from protocaffe.onnx_export import forks  # noqa: E402,F401 (the forks' exporters)
+from protocaffe.onnx_export import detection, forks  # noqa: E402,F401 (the forks' exporters)
 
 MIN_OPSET = 13
 """Softmax on one axis, Split/Unsqueeze/Pad with sizes as inputs: ONNX opset 13 and later."""

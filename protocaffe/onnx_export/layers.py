@@ -259,10 +259,13 @@ def swish(g, layer, xs, shapes):
 
 @exports("Dropout")
 def dropout(g, layer, xs, shapes):
-    """The identity in TEST; a TRAIN-phase dropout draws random masks and has no faithful form."""
+    """The identity in TEST (times 1 - ratio with Faster R-CNN's scale_train: false); a
+    TRAIN-phase dropout draws random masks and has no faithful form."""
     if layer.phase == caffe_pb2.TRAIN:
         raise layer.error("drops units at random in the TRAIN phase; export the net in the TEST phase")
-    return xs
+    if layer.scale_train:
+        return xs
+    return [g.node("Mul", [xs[0], g.const(np.float32(1 / layer.scale), f"{layer.name}/keep")], layer.name)]
 
 
 @exports("Softmax")

@@ -9,8 +9,9 @@ subclasses. (The base class of protocaffe's own layer types, which plugins subcl
 class Layer:
     """pycaffe's ``caffe.Layer``: subclass it and override the four methods.
 
-    ``self.param_str`` (python_param.param_str) and ``self.phase`` (TRAIN 0, TEST 1)
-    are set before ``setup``. Each method gets lists of blobs.
+    ``self.param_str`` (python_param.param_str; also as ``self.param_str_``, the name
+    Faster R-CNN's Caffe used) and ``self.phase`` (TRAIN 0, TEST 1, an int whose str() is
+    the phase's name) are set before ``setup``. Each method gets lists of blobs.
     """
 
     def __init__(self, param=None):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from protocaffe.errors import CaffeError
+from protocaffe.layer_types.python import Python
 from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 from protocaffe.blob import Blob, ParamBlob
@@ -37,7 +38,9 @@ TEST = caffe_pb2.TEST
 class LayerView:
     """pycaffe's view of one layer (an item of ``net.layers``): ``type``, ``blobs`` (ParamBlobs), ``reshape``.
 
-    Other attributes are the underlying module's (``layer.weight``, ``layer.param``).
+    Other attributes are the underlying module's (``layer.weight``, ``layer.param``). A
+    ``Python`` layer is not wrapped: ``net.layers[i]`` is the user's layer object itself, as
+    in pycaffe (py-faster-rcnn calls its own ``net.layers[0].set_roidb(...)``).
     """
 
     def __init__(self, net, index, module):
@@ -107,8 +110,8 @@ class Net:
         m.keep_all_blobs = True
         self.device = m.ctx.device
         self.blobs = OrderedDict((n, Blob(torch.zeros(s, device=self.device))) for n, s in m.blob_shapes.items())
-        mods = [m.layers[s.key] for s in m.plan]
-        self.layers = [LayerView(self, i, mod) for i, mod in enumerate(mods)]
+        self._modules = mods = [m.layers[s.key] for s in m.plan]
+        self.layers = [mod.impl if isinstance(mod, Python) else LayerView(self, i, mod) for i, mod in enumerate(mods)]
         self._layer_names = [mod.name for mod in mods]
         self.layer_dict = OrderedDict(zip(self._layer_names, self.layers))
         self.params = OrderedDict((n, l.blobs) for n, l in self.layer_dict.items() if l.blobs)
@@ -183,7 +186,7 @@ class Net:
             if not replay:
                 self._call("before_forward", i)
             with self.speed.autocast(self.device):
-                out = self.layers[i]._module(*bottoms)
+                out = self._modules[i](*bottoms)
             out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
             self._records[i] = (bottoms, out)
             for name, t in zip(step.tops, out):
@@ -264,7 +267,7 @@ class Net:
             if not step.backward:  # Caffe skips layers that feed no loss (without force_backward)
                 continue
             down = [b.requires_grad and j not in step.no_backward for j, b in enumerate(bottoms)]
-            params = [p for p in self.layers[i]._module.blobs if p.requires_grad]
+            params = [p for p in self._modules[i].blobs if p.requires_grad]
             pairs = [(t, self.blobs[n]._tensor("diff")) for n, t in zip(step.tops, tops) if t.requires_grad]
             leaves = [b for b, d in zip(bottoms, down) if d] + params
             if not pairs or not leaves:
@@ -343,7 +346,7 @@ class Net:
         step = self.module.plan[i]
         if step.is_input:
             return
-        shapes = self.layers[i]._module.top_shapes([self.blobs[b].shape for b in step.bottoms])
+        shapes = self._modules[i].top_shapes([self.blobs[b].shape for b in step.bottoms])
         for name, shape in zip(step.tops, shapes):
             if tuple(shape) != self.blobs[name].shape:
                 self._drop_pending()
@@ -415,8 +418,8 @@ class Net:
 
     def clear_param_diffs(self):
         """Zero every parameter's diff (Caffe's Net::ClearParamDiffs)."""
-        for layer in self.layers:
-            for t in layer._module.blobs:
+        for module in self._modules:
+            for t in module.blobs:
                 if t.grad is not None:
                     t.grad.zero_()
         self._params_changed()
