@@ -10,7 +10,7 @@ from conftest import DATA
 from protocaffe import hardware, speed as speeds
 from protocaffe.cli import main
 from protocaffe.proto import caffe_pb2
-from protocaffe.solver import Solver
+from protocaffe.solver import CaffeSolver as Solver
 from protocaffe.speed import PRECISIONS, Speed
 from test_speed import solver_param
 
