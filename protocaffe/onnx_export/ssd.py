@@ -170,8 +170,9 @@ def _none_found(g, layer, conf, found):
     n = g.node("Gather", [g.node("Shape", [conf], name), g.ints([0], f"{name}/batch_axis")], name, axis=0)
     images = g.node("Range", [g.ints(0, f"{name}/first"), g.node("Squeeze", [n], name), g.ints(1, f"{name}/step")],
                     name)
-    images = g.node("Unsqueeze", [g.node("Cast", [images], name, to=g.elem_type), g.ints([1], f"{name}/column")], name)
-    fake = g.node("Pad", [images, g.ints([0, 0, 0, 6], f"{name}/pads"), g.const(-1, f"{name}/minus_one")], name)
+    images = g.node("Unsqueeze", [images, g.ints([1], f"{name}/column")], name)
+    fake = g.node("Pad", [images, g.ints([0, 0, 0, 6], f"{name}/pads"), g.ints(-1, f"{name}/minus_one")], name)
+    fake = g.node("Cast", [fake], name, to=g.elem_type)
     count = g.node("Gather", [g.node("Shape", [found], name), g.ints([0], f"{name}/count_axis")], name, axis=0)
     none = g.node("Cast", [g.node("Equal", [count, g.ints([0], f"{name}/zero_rows")], name)], name, to=TensorProto.INT64)
     return g.node("Slice", [fake, g.ints([0], f"{name}/start"), g.node("Mul", [n, none], name),
