@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GOLDEN, assert_close
+from fork_nets import input_layer, layer
 from protocaffe import bbox
 from protocaffe.cli import main
 from protocaffe.errors import CaffeError
@@ -91,6 +92,48 @@ def test_golden_detection_output(case, dynamic_batch):
         two = dict(feeds, loc=feeds["loc"][:2], conf=feeds["conf"][:2])
         first_two = expected[0, 0][expected[0, 0, :, 0] < 2]
         assert_rows_equal(run_onnx(model, two)["out"], first_two, f"{case}, first two images")
+
+
+def corner_net(tmp_path, count, nms_threshold):
+    """A one-layer DetectionOutput net over ``count`` priors of size 0 with CORNER codes and the
+    variance in the target (loc is the boxes), one class besides the background."""
+    text = input_layer("loc", (1, count * 4)) + input_layer("conf", (1, count * 2))
+    text += input_layer("priors", (1, 2, count * 4)) + layer("out", "DetectionOutput", ["loc", "conf", "priors"], body=(
+        "detection_output_param { num_classes: 2 share_location: true background_label_id: 0 code_type: CORNER "
+        f"variance_encoded_in_target: true nms_param {{ nms_threshold: {nms_threshold} }} }}"))
+    (tmp_path / "net.prototxt").write_text(text)
+    return build_net(str(tmp_path / "net.prototxt"))
+
+
+def corner_feeds(boxes, scores):
+    priors = np.stack([np.zeros(boxes.size), np.full(boxes.size, .1)]).reshape(1, 2, -1)
+    return {"loc": boxes.reshape(1, -1), "conf": np.stack([1 - scores, scores], 1).reshape(1, -1),
+            "priors": priors.astype(np.float32)}
+
+
+def assert_kept(net, boxes, scores, kept):
+    """protocaffe's rows and the exported net's are those of the boxes ``kept``, in that order."""
+    feeds = corner_feeds(boxes, scores)
+    expected = np.concatenate([np.zeros((len(kept), 1)), np.ones((len(kept), 1)), scores[kept, None], boxes[kept]], 1)
+    assert_rows_equal(run_protocaffe(net, feeds)["out"], expected, "protocaffe")
+    assert_rows_equal(run_onnx(to_onnx(net), feeds)["out"], expected, "onnx")
+
+
+def test_inverted_boxes_overlap_nothing_as_in_the_fork(tmp_path):
+    """CORNER codes can give a box with xmax < xmin: the fork's overlap with it is 0 (it suppresses
+    nothing and nothing suppresses it, another inverted box included), where onnxruntime's NMS
+    would swap its corners."""
+    boxes = np.array([[.1, .1, .5, .5], [.5, .5, .1, .1], [.12, .1, .5, .5], [.5, .5, .1, .1]], np.float32)
+    assert_kept(corner_net(tmp_path, 4, 0.45), boxes, np.array([.9, .8, .7, .6], np.float32), [0, 1, 3])
+
+
+def test_equal_scores_are_visited_by_prior_as_in_the_fork(tmp_path):
+    """Boxes in a row, each overlapping its neighbours by 0.2, all of score 0.5: the fork visits
+    them by prior index and keeps every other one (the ONNX operator leaves the order of equal
+    scores to the runtime; the export gives it the ranks)."""
+    x = np.arange(7, dtype=np.float32) / 10
+    boxes = np.stack([x, np.zeros(7), x + np.float32(.15), np.full(7, .5)], 1).astype(np.float32)
+    assert_kept(corner_net(tmp_path, 7, 0.1), boxes, np.full(7, .5, np.float32), [0, 2, 4, 6])
 
 
 def test_eta_that_never_acts_exports(tmp_path):
