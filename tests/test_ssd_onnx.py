@@ -136,6 +136,18 @@ def test_equal_scores_are_visited_by_prior_as_in_the_fork(tmp_path):
     assert_kept(corner_net(tmp_path, 7, 0.1), boxes, np.full(7, .5, np.float32), [0, 2, 4, 6])
 
 
+def test_fp16_detection_output():
+    """float16 scores and boxes (NMS in float32): the fork's rows within 1e-2 where no two scores
+    become equal in float16."""
+    io_ = np.load(SSD / "detout_corner_noshare" / "io.npz")
+    net = build_net(str(SSD / "detout_corner_noshare" / "net.prototxt"))
+    feeds = {k[3:]: io_[k].astype(np.float16) for k in io_.files if k.startswith("in_")}
+    got = run_onnx(to_onnx(net, precision="fp16"), feeds)["out"]
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got[..., :2], io_["out_out"][..., :2])
+    assert_close(got, io_["out_out"], rtol=1e-2, atol=1e-3)
+
+
 def test_eta_that_never_acts_exports(tmp_path):
     """eta lowers the threshold only while it is above 0.5: from 0.45 it stays as it is."""
     text = (SSD / "detout_adaptive_eta" / "net.prototxt").read_text().replace("nms_threshold: 0.75",

@@ -83,51 +83,43 @@ def detection_output(g, layer, xs, shapes):
     class and descending score (NonZero's order), or one row [image, -1, ...] per image when
     nothing is kept in the whole batch.
     """
-    p, name = layer.p, layer.name
-    nms = p.nms_param
+    nms = layer.p.nms_param
     if nms.eta < 1 and nms.nms_threshold > 0.5:
-        raise layer.error(f"nms eta {nms.eta:.6g} lowers the overlap threshold {nms.nms_threshold:.6g} after each kept box; "
-                          "ONNX's NonMaxSuppression has one threshold, so the layer has no ONNX form here (export "
-                          "up to its bottoms with outputs=[...] and decode as the README says)")
-    n, classes = shapes[0][0], [c for c in range(p.num_classes) if c != p.background_label_id]
-    priors, k = layer.priors, layer.priors if layer.top_k < 0 else min(layer.top_k, layer.priors)
-    picked = g.ints(classes, f"{name}/classes")
+        raise layer.error(f"nms eta {nms.eta:.6g} lowers the overlap threshold {nms.nms_threshold:.6g} after each "
+                          "kept box; ONNX's NonMaxSuppression has one threshold, so the layer has no ONNX form here "
+                          "(export up to its bottoms with outputs=[...] and decode as the README says)")
+    classes = [c for c in range(layer.p.num_classes) if c != layer.p.background_label_id]
+    k = layer.priors if layer.top_k < 0 else min(layer.top_k, layer.priors)
+    scores, candidates = _candidates(g, layer, xs, shapes[0][0], classes, k)
+    selected = _nms(g, layer, candidates, scores, k)
+    selected = g.node("Reshape", [selected, g.ints([-1, len(classes) * k], f"{layer.name}/per_image")], layer.name)
+    if -1 < layer.p.keep_top_k < len(classes) * k:
+        best, where = g.node("TopK", [selected, g.ints([layer.p.keep_top_k], f"{layer.name}/keep_top_k")], layer.name,
+                             outputs=2, axis=1)
+        selected = g.node("ScatterElements", [_filled(g, layer.name, selected, -np.inf), where, best], layer.name,
+                          axis=1)
+    value = _rows(g, layer, selected, candidates, np.repeat(classes, k), xs[1])
+    g.declared[value] = (1, 1, f"{layer.name}_rows", 7)
+    return [value]
 
+
+def _candidates(g, layer, xs, n, classes, k):
+    """The ``k`` best scores (N, C', K) of each image and class of ``classes``, and their decoded
+    boxes (N, C'*K, 4)."""
+    name, priors = layer.name, layer.priors
+    picked = g.ints(classes, f"{name}/classes")
     loc = _reshape(g, layer, xs[0], (n, priors, layer.loc_classes, 4), True)
     boxes = _decode(g, layer, g.node("Transpose", [loc], name, perm=[0, 2, 1, 3]), xs[2])  # (N, L, P, 4)
-    conf = _reshape(g, layer, xs[1], (n, priors, p.num_classes), True)
+    conf = _reshape(g, layer, xs[1], (n, priors, layer.p.num_classes), True)
     conf = g.node("Gather", [g.node("Transpose", [conf], name, perm=[0, 2, 1]), picked], name, axis=1)
-    scores, ranked = g.node("TopK", [conf, g.ints([k], f"{name}/top_k")], name, outputs=2, axis=-1)  # (N, C', K)
-    if p.share_location:
+    scores, ranked = g.node("TopK", [conf, g.ints([k], f"{name}/top_k")], name, outputs=2, axis=-1)
+    if layer.p.share_location:
         ranked = g.node("Reshape", [ranked, g.ints([0, -1, 1], f"{name}/flat_indices")], name)
         boxes = g.node("Reshape", [boxes, g.ints([0, priors, 4], f"{name}/shared")], name)
-        candidates = g.node("GatherND", [boxes, ranked], name, batch_dims=1)
-    else:
-        ranked = g.node("Unsqueeze", [ranked, g.ints([-1], f"{name}/last")], name)
-        boxes = g.node("Gather", [boxes, picked], name, axis=1)
-        flat = g.ints([0, len(classes) * k, 4], f"{name}/flat_boxes")
-        candidates = g.node("Reshape", [g.node("GatherND", [boxes, ranked], name, batch_dims=2), flat], name)
-
-    selected = _nms(g, layer, candidates, scores, k)  # (N*C'*K,) scores where kept, -inf elsewhere
-    selected = g.node("Reshape", [selected, g.ints([-1, len(classes) * k], f"{name}/per_image")], name)
-    if -1 < p.keep_top_k < len(classes) * k:
-        best, where = g.node("TopK", [selected, g.ints([p.keep_top_k], f"{name}/keep_top_k")], name, outputs=2,
-                             axis=1)
-        selected = g.node("ScatterElements", [_filled(g, name, selected, -np.inf), where, best], name, axis=1)
-    found = g.node("Transpose", [g.node("NonZero", [g.node("Greater", [selected, g.const(-np.inf, f"{name}/none")],
-                                                                  name)], name)], name, perm=[1, 0])  # (D, 2)
-    image = g.node("Cast", [g.node("Gather", [found, g.ints([0], f"{name}/image")], name, axis=1)], name,
-                   to=g.elem_type)
-    labels = g.const(np.repeat(classes, k).reshape(-1, 1), f"{name}/labels")
-    label = g.node("Gather", [labels, g.node("Gather", [found, g.ints(1, f"{name}/position")], name, axis=1)],
-                   name, axis=0)
-    scored = g.node("Concat", [g.node("Unsqueeze", [selected, g.ints([-1], f"{name}/score_axis")], name),
-                               candidates], name, axis=-1)
-    rows = g.node("Concat", [image, label, g.node("GatherND", [scored, found], name)], name, axis=1)
-    rows = g.node("Concat", [rows, _none_found(g, layer, xs[1], found)], name, axis=0)
-    value = g.node("Reshape", [rows, g.ints([1, 1, -1, 7], f"{name}/rows")], name)
-    g.declared[value] = (1, 1, f"{name}_rows", 7)
-    return [value]
+        return scores, g.node("GatherND", [boxes, ranked], name, batch_dims=1)
+    ranked = g.node("Unsqueeze", [ranked, g.ints([-1], f"{name}/last")], name)
+    boxes = g.node("GatherND", [g.node("Gather", [boxes, picked], name, axis=1), ranked], name, batch_dims=2)
+    return scores, g.node("Reshape", [boxes, g.ints([0, len(classes) * k, 4], f"{name}/flat_boxes")], name)
 
 
 def _filled(g, name, like, value):
@@ -136,32 +128,53 @@ def _filled(g, name, like, value):
     return g.node("ConstantOfShape", [g.node("Shape", [like], name)], name, value=fill)
 
 
+def _column(g, name, x, i):
+    """Column ``i`` of the 2-axis ``x``, as a 1-axis value."""
+    return g.node("Gather", [x, g.ints(i, f"{name}/column_{i}")], name, axis=1)
+
+
 def _nms(g, layer, candidates, scores, k):
     """Flat (N*C'*K,) scores of the candidates NonMaxSuppression keeps, -inf for the others.
 
     Each (image, class) is one NMS batch of K boxes (N*C', K, 4); its scores are K - rank for
     the candidates above the confidence threshold and 0 for the rest, with a score threshold
-    of 1/2."""
-    name, p = layer.name, layer.p
+    of 1/2. Corners are kept at max(min corner, max corner), so an inverted box has no area."""
+    name = layer.name
     low, high = g.node("Split", [candidates, g.ints([2, 2], f"{name}/corners")], name, outputs=2, axis=-1)
-    safe = g.node("Concat", [low, g.node("Max", [low, high], name)], name, axis=-1)
+    boxes = g.node("Concat", [low, g.node("Max", [low, high], name)], name, axis=-1)
     if g.dtype != np.float32:
-        safe = g.node("Cast", [safe], name, to=TensorProto.FLOAT)
-    safe = g.node("Reshape", [safe, g.ints([-1, k, 4], f"{name}/nms_boxes")], name)
-    above = g.node("Greater", [scores, g.const(layer.threshold, f"{name}/confidence_threshold")], name)
-    rank = g.node("Where", [above, g.float32(np.arange(k, 0, -1), f"{name}/ranks"), g.float32(0, f"{name}/zero")],
-                  name)
-    rank = g.node("Reshape", [rank, g.ints([-1, 1, k], f"{name}/nms_scores")], name)
-    kept = g.node("NonMaxSuppression", [safe, rank, g.ints([k], f"{name}/per_class"),
-                                        g.float32([p.nms_param.nms_threshold], f"{name}/nms_threshold"),
-                                        g.float32([0.5], f"{name}/above")], name)  # (M, 3)
-    batch = g.node("Gather", [kept, g.ints(0, f"{name}/batch")], name, axis=1)
-    box = g.node("Gather", [kept, g.ints(2, f"{name}/box")], name, axis=1)
-    where = g.node("Add", [g.node("Mul", [batch, g.ints(k, f"{name}/k")], name), box], name)
+        boxes = g.node("Cast", [boxes], name, to=TensorProto.FLOAT)
+    boxes = g.node("Reshape", [boxes, g.ints([-1, k, 4], f"{name}/nms_boxes")], name)
+    threshold = max(layer.threshold, float(np.finfo(g.dtype).min))  # none: -FLT_MAX, the lowest float16 in fp16
+    above = g.node("Greater", [scores, g.const(threshold, f"{name}/confidence_threshold")], name)
+    ranks = g.float32(np.arange(k, 0, -1), f"{name}/ranks")
+    ranks = g.node("Where", [above, ranks, g.float32(0, f"{name}/below")], name)
+    ranks = g.node("Reshape", [ranks, g.ints([-1, 1, k], f"{name}/nms_scores")], name)
+    limits = [g.ints([k], f"{name}/per_class"), g.float32([layer.p.nms_param.nms_threshold], f"{name}/nms_threshold"),
+              g.float32([0.5], f"{name}/score_threshold")]
+    kept = g.node("NonMaxSuppression", [boxes, ranks] + limits, name)  # (M, 3): batch, 0, box
+    where = g.node("Add", [g.node("Mul", [_column(g, name, kept, 0), g.ints(k, f"{name}/k")], name),
+                           _column(g, name, kept, 2)], name)
     flat = g.node("Reshape", [scores, g.ints([-1], f"{name}/flat")], name)
-    return g.node("ScatterND", [_filled(g, name, flat, -np.inf), g.node("Unsqueeze", [where, g.ints([1], f"{name}/one")],
-                                                                           name), g.node("Gather", [flat, where], name)],
+    where_nd = g.node("Unsqueeze", [where, g.ints([1], f"{name}/index_axis")], name)
+    return g.node("ScatterND", [_filled(g, name, flat, -np.inf), where_nd, g.node("Gather", [flat, where], name)],
                   name)
+
+
+def _rows(g, layer, selected, candidates, labels, conf):
+    """(1, 1, D, 7) rows of the scores ``selected`` (N, C'*K) above -inf, ``labels`` (C'*K,) of
+    their places; the rows [image, -1, ...] when there are none."""
+    name = layer.name
+    found = g.node("NonZero", [g.node("Greater", [selected, g.const(-np.inf, f"{name}/none")], name)], name)
+    found = g.node("Transpose", [found], name, perm=[1, 0])  # (D, 2): image, place
+    image = g.node("Cast", [g.node("Unsqueeze", [_column(g, name, found, 0), g.ints([1], f"{name}/image_axis")], name)],
+                   name, to=g.elem_type)
+    label = g.node("Gather", [g.const(labels.reshape(-1, 1), f"{name}/labels"), _column(g, name, found, 1)], name)
+    scored = g.node("Concat", [g.node("Unsqueeze", [selected, g.ints([-1], f"{name}/score_axis")], name),
+                               candidates], name, axis=-1)
+    rows = g.node("Concat", [image, label, g.node("GatherND", [scored, found], name)], name, axis=1)
+    rows = g.node("Concat", [rows, _none_found(g, layer, conf, found)], name, axis=0)
+    return g.node("Reshape", [rows, g.ints([1, 1, -1, 7], f"{name}/rows")], name)
 
 
 def _none_found(g, layer, conf, found):
@@ -172,8 +185,8 @@ def _none_found(g, layer, conf, found):
                     name)
     images = g.node("Unsqueeze", [images, g.ints([1], f"{name}/column")], name)
     fake = g.node("Pad", [images, g.ints([0, 0, 0, 6], f"{name}/pads"), g.ints(-1, f"{name}/minus_one")], name)
-    fake = g.node("Cast", [fake], name, to=g.elem_type)
     count = g.node("Gather", [g.node("Shape", [found], name), g.ints([0], f"{name}/count_axis")], name, axis=0)
-    none = g.node("Cast", [g.node("Equal", [count, g.ints([0], f"{name}/zero_rows")], name)], name, to=TensorProto.INT64)
-    return g.node("Slice", [fake, g.ints([0], f"{name}/start"), g.node("Mul", [n, none], name),
+    none = g.node("Cast", [g.node("Equal", [count, g.ints([0], f"{name}/no_rows")], name)], name, to=TensorProto.INT64)
+    fake = g.node("Slice", [fake, g.ints([0], f"{name}/start"), g.node("Mul", [n, none], name),
                             g.ints([0], f"{name}/axis")], name)
+    return g.node("Cast", [fake], name, to=g.elem_type)
