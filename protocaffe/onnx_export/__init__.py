@@ -24,7 +24,7 @@ except ImportError as e:
 
 from protocaffe.onnx_export.graph import DTYPES, Graph  # noqa: E402
 from protocaffe.onnx_export.layers import EXPORTERS  # noqa: E402
-from protocaffe.onnx_export import detection, forks  # noqa: E402,F401 (the forks' exporters)
+from protocaffe.onnx_export import detection, forks, ssd  # noqa: E402,F401 (the forks' exporters)
 
 MIN_OPSET = 13
 """Softmax on one axis, Split/Unsqueeze/Pad with sizes as inputs: ONNX opset 13 and later."""
@@ -53,14 +53,27 @@ def _export_layer(g, layer, xs, shapes):
     return export(g, layer, xs, shapes)
 
 
+def _needed(plan, outputs):
+    """The inputs and the steps of ``plan`` that the blobs ``outputs`` depend on, in plan order:
+    a net cut before a layer (SSD's DetectionOutput) exports without it."""
+    wanted, steps = set(outputs), []
+    for step in reversed(plan):
+        if step.is_input or wanted & set(step.tops):
+            steps.append(step)
+            wanted.update(step.bottoms)
+    return steps[::-1]
+
+
 def build_graph(net, proto, precision="fp32", dynamic_batch=False, outputs=None):
     """Write the ONNX graph of ``net`` into the GraphProto ``proto``: Input tops become graph
-    inputs, each layer's exporter runs in plan order (in-place layers simply rebind their
-    blob's name), outputs are renamed to the Caffe output blobs (``outputs``, default
-    ``net.output_names``; a blob written in place is exposed with its final value)."""
+    inputs, the exporter of each layer the outputs depend on runs in plan order (in-place
+    layers simply rebind their blob's name), outputs are renamed to the Caffe output blobs
+    (``outputs``, default ``net.output_names``; a blob written in place is exposed with its
+    final value)."""
     g = Graph(proto, precision, dynamic_batch, reserved=net.blob_shapes)
+    outputs = outputs or net.output_names
     values = {}
-    for step in net.plan:
+    for step in _needed(net.plan, outputs):
         layer = net.layers[step.key]
         if step.is_input:
             values.update((t, g.input(t, net.blob_shapes[t])) for t in step.tops)
@@ -68,7 +81,7 @@ def build_graph(net, proto, precision="fp32", dynamic_batch=False, outputs=None)
         outs = _export_layer(g, layer, [values[b] for b in step.bottoms],
                              [net.blob_shapes[b] for b in step.bottoms])
         values.update(zip(step.tops, outs))
-    for name in outputs or net.output_names:
+    for name in outputs:
         if name not in values:
             raise CaffeError(f"cannot expose blob '{name}' as an output: the net has no such blob")
         g.output(values[name], name, net.blob_shapes[name])
@@ -80,7 +93,8 @@ def to_onnx(net, *, opset=DEFAULT_OPSET, dynamic_batch=False, precision="fp32", 
 
     ``precision`` "fp16" stores weights and computes in float16 (inputs and outputs too);
     ``dynamic_batch`` makes axis 0 of inputs and outputs symbolic; ``outputs`` names the
-    blobs to expose (default: the net's outputs), e.g. every blob, to compare layer by layer.
+    blobs to expose (default: the net's outputs), e.g. every blob, to compare layer by layer,
+    or the blobs before a layer to leave out (layers they do not depend on are not exported).
     """
     _check_options(opset, precision)
     net = _caffe_net(net)

@@ -27,6 +27,9 @@ class Graph:
         self.nodes, self.inputs, self.outputs = [], [], []
         self.taken = set(reserved)
         self.renamed = {}
+        # value -> the dims to declare if it is exposed, where they are not its blob's shape with a
+        # symbolic batch: a constant (PriorBox's boxes), rows counted by the data (DetectionOutput)
+        self.declared = {}
 
     def fresh(self, base):
         """A value name not used yet: ``base``, else ``base_1``, ``base_2``..."""
@@ -49,6 +52,10 @@ class Graph:
             value = value.detach().cpu().numpy()
         return self._initializer(np.asarray(value, dtype=np.float32).astype(self.dtype, copy=False), name)
 
+    def float32(self, values, name):
+        """A float32 constant whatever the graph's precision: the thresholds of ops that take float only."""
+        return self._initializer(np.asarray(values, dtype=np.float32), name)
+
     def ints(self, values, name):
         """An int64 constant: a shape, pads, axes or split sizes."""
         return self._initializer(np.asarray(values, dtype=np.int64), name)
@@ -62,9 +69,9 @@ class Graph:
         tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         return tensor.name
 
-    def _value_info(self, name, shape):
-        dims = list(shape)
-        if self.dynamic_batch and dims:
+    def _value_info(self, name, shape, declared=None):
+        dims = list(shape if declared is None else declared)
+        if self.dynamic_batch and dims and declared is None:
             dims[0] = "batch"
         return helper.make_tensor_value_info(name, self.elem_type, dims)
 
@@ -75,7 +82,8 @@ class Graph:
 
     def output(self, value, name, shape):
         """Expose ``value`` as the graph output ``name``: rename the node output that made it,
-        or pass it through an Identity when it is an input or already an output."""
+        or pass it through an Identity when it is an input, a constant or already an output."""
+        declared = self.declared.get(value)
         value = self.renamed.get(value, value)
         producers = [n for n in self.nodes if value in n.output]
         exposed = {o.name for o in self.outputs}
@@ -86,7 +94,7 @@ class Graph:
             self.renamed[value] = name
         elif value != name:
             self.nodes.append(helper.make_node("Identity", [value], [name], name=f"{name}/Identity"))
-        self.outputs.append(self._value_info(name, shape))
+        self.outputs.append(self._value_info(name, shape, declared))
 
     def fixed_batch(self, layer, why):
         """With a symbolic batch, refuse a layer whose ONNX form would fix or mix axis 0."""
