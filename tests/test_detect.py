@@ -31,15 +31,17 @@ def model(tmp_path_factory):
 
 
 def expected_lines(folder, name, threshold):
-    """The fork's lines from pycaffe's Net on the image resized, minus the mean, times the scale."""
+    """The fork's lines from pycaffe's Net on the image resized, minus the mean, times the scale;
+    and the scores of all the net's boxes."""
     img = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED)
     x = (cv2.resize(img, (64, 64)).astype(np.float32) - np.float32(MEAN)) * np.float32(SCALE)
     net = Net(str(DEPLOY), str(folder / "w.caffemodel"), TEST)
     net.blobs["data"].data[...] = x.transpose(2, 0, 1)[None]
     rows = net.forward()["detection_out"].reshape(-1, 7)
+    rows = rows[rows[:, 0] != -1]
     h, w = np.float32(img.shape[0]), np.float32(img.shape[1])
-    return rows, [f"{folder / name} {int(r[1])} {float(r[2]):g} {int(r[3] * w)} {int(r[4] * h)} "
-                  f"{int(r[5] * w)} {int(r[6] * h)}" for r in rows if r[0] != -1 and r[2] >= threshold]
+    return rows[:, 2], [f"{folder / name} {int(r[1])} {float(r[2]):g} {int(r[3] * w)} {int(r[4] * h)} "
+                        f"{int(r[5] * w)} {int(r[6] * h)}" for r in rows if r[2] >= threshold]
 
 
 def detect(folder, *flags):
@@ -48,18 +50,20 @@ def detect(folder, *flags):
 
 
 def test_lines_are_the_nets_detections_in_pixels(model, tmp_path):
+    scores_a, _ = expected_lines(model, "a.png", 0)
+    scores_b, _ = expected_lines(model, "b.jpg", 0)
+    threshold = round(float(min(np.median(scores_a), np.median(scores_b))), 4)  # drops some boxes of each
     (tmp_path / "list.txt").write_text(f"{model / 'a.png'}\n{model / 'b.jpg'}\n")
     assert detect(model, str(tmp_path / "list.txt"), "--out_file", str(tmp_path / "out.txt"),
-                  "--confidence_threshold", "0.33") == 0
+                  "--confidence_threshold", str(threshold)) == 0
     lines = (tmp_path / "out.txt").read_text().splitlines()
-    rows_a, a = expected_lines(model, "a.png", 0.33)
-    rows_b, b = expected_lines(model, "b.jpg", 0.33)
-    assert a and b and len(lines) == len(a + b)
+    _, a = expected_lines(model, "a.png", threshold)
+    _, b = expected_lines(model, "b.jpg", threshold)
+    assert a and b and len(lines) == len(a + b) < len(scores_a) + len(scores_b)
     for mine, theirs in zip(lines, a + b):
         mine, theirs = mine.split(), theirs.split()
         assert mine[:2] == theirs[:2] and mine[3:] == theirs[3:]  # image, label, pixel corners
         assert float(mine[2]) == pytest.approx(float(theirs[2]), rel=1e-5)  # the 6-digit score
-    assert len(a + b) < (rows_a[:, 0] != -1).sum() + (rows_b[:, 0] != -1).sum()  # some boxes fell below 0.33
 
 
 def test_lines_agree_with_opencv(model, capsys):
@@ -86,10 +90,10 @@ def test_draws_each_image_and_a_tile(model, tmp_path):
                   str(tmp_path / "drawn"), "--tile", str(tmp_path / "tile.png"),
                   "--label_map_file", str(labelmap)) == 0
     drawn = cv2.imread(str(tmp_path / "drawn" / "b.jpg"))
-    assert drawn.shape == (300, 375, 3)  # enlarged to 300 pixels on the short side
-    plain = cv2.resize(cv2.imread(str(model / "b.jpg")), (375, 300), interpolation=cv2.INTER_NEAREST)
+    assert drawn.shape == (200, 250, 3)  # enlarged to 200 pixels on the short side
+    plain = cv2.resize(cv2.imread(str(model / "b.jpg")), (250, 200), interpolation=cv2.INTER_NEAREST)
     assert (np.abs(drawn.astype(int) - plain).max(axis=2) > 60).mean() > 0.01  # boxes and labels drawn
-    assert cv2.imread(str(tmp_path / "tile.png")).shape == (304, 379, 3)
+    assert cv2.imread(str(tmp_path / "tile.png")).shape == (204, 254, 3)
 
 
 @pytest.mark.parametrize("case, expected", [

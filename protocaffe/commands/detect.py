@@ -30,7 +30,7 @@ from protocaffe.net import build_net
 from protocaffe.proto import caffe_pb2
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-DRAW_SIZE = 300  # drawn images are enlarged to at least this many pixels on the short side
+DRAW_SIZE = 200  # drawn images are enlarged to at least this many pixels on the short side
 COLOURS = [(0, 0, 255), (0, 200, 0), (255, 0, 0), (0, 200, 255), (255, 0, 255), (255, 255, 0)]
 
 
@@ -170,9 +170,9 @@ def draw(img, rows, threshold, names):
         cv2.rectangle(img, (x0, y0), (x1, y1), colour, 2)
         text = f"{names.get(label, label)} {r[2]:.2f}"
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        ty = max(y0, th + 4)
-        cv2.rectangle(img, (x0, ty - th - 4), (x0 + tw + 2, ty), colour, -1)
-        cv2.putText(img, text, (x0 + 1, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        tx, ty = min(max(x0, 0), w - tw - 2), max(y0, th + 4)  # the label inside the picture
+        cv2.rectangle(img, (tx, ty - th - 4), (tx + tw + 2, ty), colour, -1)
+        cv2.putText(img, text, (tx + 1, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return img
 
 
@@ -193,7 +193,7 @@ def write_image(path, img):
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    if not cv2.imwrite(path, img):
+    if not cv2.imwrite(path, img, [cv2.IMWRITE_PNG_COMPRESSION, 9]):  # OpenCV's default is 1
         raise CaffeError(f"{path}: cannot write the image (unknown extension or unwritable folder)")
 
 
