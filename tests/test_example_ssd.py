@@ -10,8 +10,9 @@ from protocaffe.solver.solver import CaffeSolver, read_solver_param
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "shapes_ssd"
-# A loss with the loc term's sign flipped or without its conf term ends this shortened run
-# below 0.05 mAP; the recipe's own loss ends above 0.4 (0.5 to 0.6 measured).
+# Broken losses fail this bound: without the conf term the shortened run ends at mAP 0.044;
+# with the loc term's sign flipped it diverges (NaN by iteration 350) and detects nothing.
+# The recipe's own loss ends at 0.505.
 MIN_MAP = 0.3
 
 
@@ -38,7 +39,7 @@ def test_shortened_recipe_detects_the_shapes(tmp_path, monkeypatch):
     p.stepvalue.append(600)
     solver = CaffeSolver(p)
     solver.solve()
-    mean_ap = solver.test(0)["detection_eval"]
+    mean_ap = solver.test(0).get("detection_eval", 0.0)  # none when the net detects nothing, as in the fork
     assert mean_ap >= MIN_MAP, f"the shortened run ends at mAP {mean_ap:.3f}"
 
 
