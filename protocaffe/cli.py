@@ -79,7 +79,9 @@ NO_PYTHON_FLAGS = ("--no_python_layers", "-no_python_layers")
 
 # data that an example builds in a step of its own: a missing file there gets the step as a hint
 DATA_STEPS = {"examples/shapes/data": "bash examples/shapes/train.sh builds it first "
-                                      "(its data step: protocaffe make_shapes --out examples/shapes/data)"}
+                                      "(its data step: protocaffe make_shapes --out examples/shapes/data)",
+              "examples/shapes_ssd/data": "bash examples/shapes_ssd/train.sh builds it first (its data step: "
+                                          "protocaffe make_shapes --detection, then convert_annoset)"}
 
 
 def _description(name):

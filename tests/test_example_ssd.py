@@ -50,3 +50,13 @@ def test_train_script_is_what_the_readme_runs():
     assert "protocaffe make_shapes --detection" in script and "protocaffe detect" in script
     solver = (EXAMPLE / "solver.prototxt").read_text()
     assert re.search(r'eval_type:\s*"detection"', solver)
+
+
+def test_missing_data_names_the_scripts_data_step(tmp_path, monkeypatch, capsys):
+    shutil.copytree(EXAMPLE, tmp_path / "examples" / "shapes_ssd", ignore=shutil.ignore_patterns("data", "*.png"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--solver", "examples/shapes_ssd/solver.prototxt"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("protocaffe train: error: ") and "examples/shapes_ssd/data/train_lmdb" in line
+    assert line.endswith("examples/shapes_ssd/data is missing: bash examples/shapes_ssd/train.sh builds it first "
+                         "(its data step: protocaffe make_shapes --detection, then convert_annoset)")
