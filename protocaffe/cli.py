@@ -36,6 +36,7 @@ COMMANDS = {
     "convert_annoset": "protocaffe.data.annotated.convert_annoset",
     "create_label_map": "protocaffe.data.annotated.create_label_map",
     "get_image_size": "protocaffe.data.annotated.get_image_size",
+    "detect": "protocaffe.commands.detect",
     "export_onnx": "protocaffe.commands.export_onnx",
     "upgrade_net_proto_text": "protocaffe.upgrade_tools",
     "upgrade_net_proto_binary": "protocaffe.upgrade_tools",
@@ -61,6 +62,7 @@ DESCRIPTIONS = {
     "convert_annoset": "convert images and box annotations into an LMDB of AnnotatedDatum (SSD)",
     "create_label_map": "write a LabelMap prototxt from a list of class names (SSD)",
     "get_image_size": "list the height and width of each image of a list (SSD)",
+    "detect": "detect objects in images with an SSD net, boxes as text or drawn (SSD's ssd_detect)",
     "upgrade_net_proto_text": "upgrade a V0/V1 net prototxt to the current format",
     "upgrade_net_proto_binary": "upgrade a V0/V1 .caffemodel to the current format",
     "upgrade_solver_proto_text": "upgrade a solver prototxt (solver_type -> type)",
@@ -77,7 +79,9 @@ NO_PYTHON_FLAGS = ("--no_python_layers", "-no_python_layers")
 
 # data that an example builds in a step of its own: a missing file there gets the step as a hint
 DATA_STEPS = {"examples/shapes/data": "bash examples/shapes/train.sh builds it first "
-                                      "(its data step: protocaffe make_shapes --out examples/shapes/data)"}
+                                      "(its data step: protocaffe make_shapes --out examples/shapes/data)",
+              "examples/shapes_ssd/data": "bash examples/shapes_ssd/train.sh builds it first (its data step: "
+                                          "protocaffe make_shapes --detection, then convert_annoset)"}
 
 
 def _description(name):
