@@ -14,8 +14,10 @@ then, in one process, with the same number of threads each:
 - OpenCV: ``cv2.dnn.readNetFromCaffe``, ``setInput``, ``forward``;
 - onnxruntime: the same net exported by protocaffe.export_onnx, all graph optimizations.
 
-Each round runs every engine once in turn; the best round is each engine's figure (the
-median beside it when ``--medians``). ``first ms`` is protocaffe's first forward, which
+Each round runs every engine once in turn (the first engine rotating from round to round,
+each run after ``--gap-ms`` of idling, so that no engine is timed against the threads another
+leaves spinning); the best round is each engine's figure (the median beside it when
+``--medians``). ``first ms`` is protocaffe's first forward, which
 measures the layout once per machine and net (cached, protocaffe.deploy.settings) and
 packs the weights. The outputs are compared on the probabilities: the largest absolute
 difference divided by the largest probability, against OpenCV's. The ratio is
@@ -154,13 +156,19 @@ def relative_diff(a, reference):
     return float(np.abs(a - reference).max() / np.abs(reference).max())
 
 
-def bench(engines, rounds, clock=time.perf_counter):
-    """{label: [ms per round]}, each round running every engine once, in turn."""
+def bench(engines, rounds, clock=time.perf_counter, gap=0.05):
+    """{label: [ms per round]}, each round running every engine once, in turn, the first engine
+    of a round rotating. Before each timed run the process idles ``gap`` seconds: each engine's
+    worker threads spin for a while after its run (OpenMP's, OpenCV's pool, onnxruntime's
+    spin-waits), and without the pause the next engine is timed against them on a small machine
+    (measured here: on 2 cores a forward after onnxruntime's took 50 ms instead of 11)."""
     times = {e.label: [] for e in engines}
     for e in engines:
         e()
-    for _ in range(rounds):
-        for e in engines:
+    for r in range(rounds):
+        turn = engines[r % len(engines):] + engines[:r % len(engines)]
+        for e in turn:
+            time.sleep(gap)
             start = clock()
             e()
             times[e.label].append((clock() - start) * 1000)
@@ -176,6 +184,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-onnx", action="store_true", help="leave onnxruntime out")
     p.add_argument("--medians", action="store_true", help="print each engine's median beside its best")
+    p.add_argument("--gap-ms", type=float, default=50.0,
+                   help="idle time before each timed run, so no engine is timed against another's spinning threads")
     p.add_argument("--cpu-time", action="store_true",
                    help="time in CPU seconds of this process, not wall time: with --threads 1, less "
                         "disturbed by other work on a shared machine")
@@ -189,7 +199,7 @@ def main():
           f"torch {torch.__version__}, OpenCV {cv2.__version__}"
           + ("" if args.no_onnx else f", onnxruntime {__import__('onnxruntime').__version__}"))
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in load_before)}; best of {args.rounds} "
-          f"alternating rounds{', CPU time' if args.cpu_time else ''}")
+          f"alternating rounds, {args.gap_ms:g} ms idle before each run{', CPU time' if args.cpu_time else ''}")
     header = ["net", "batch", "protocaffe ms", "OpenCV ms", "onnxruntime ms", "ratio", "ort ratio",
               "max diff", "ort max diff", "first ms"]
     print("| " + " | ".join(header) + " |")
@@ -205,7 +215,8 @@ def main():
                 if not args.no_onnx:
                     engines.append(OnnxRuntime(protos[b], weights, inputs[b], args.threads, folder))
                 outs = {e.label: e() for e in engines}
-                times = bench(engines, args.rounds, time.process_time if args.cpu_time else time.perf_counter)
+                times = bench(engines, args.rounds, time.process_time if args.cpu_time else time.perf_counter,
+                              args.gap_ms / 1000)
                 best = {k: min(v) for k, v in times.items()}
                 diff = {k: relative_diff(v, outs["OpenCV"]) for k, v in outs.items()}
                 ratio = best["protocaffe"] / best["OpenCV"]
