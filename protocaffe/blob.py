@@ -127,10 +127,13 @@ class Blob:
         return (("data", self._data), ("diff", self._diff))
 
     def _push(self):
-        """Copy host arrays written since the last sync to the device (before the net runs)."""
+        """Copy host arrays written since the last sync to the device (before the net runs);
+        whether the data was among them."""
+        data_pushed = False
         for which, tensor in self._existing():
-            if tensor is not None and self._mirrored(tensor):
-                self._host[which].push(tensor)
+            if tensor is not None and self._mirrored(tensor) and self._host[which].push(tensor):
+                data_pushed |= which == "data"
+        return data_pushed
 
     def _device_changed(self):
         for host in self._host.values():
@@ -219,11 +222,7 @@ class ParamBlob(Blob):
         return (("data", self._data), ("diff", self._data.grad))
 
     def _push(self):
-        for which, tensor in self._existing():
-            if tensor is not None and self._mirrored(tensor):
-                pushed = self._host[which].push(tensor)
-                if which == "data":
-                    self._written |= pushed
+        self._written |= super()._push()
 
     def reshape(self, *shape):
         raise CaffeError(f"parameter {self._name} of layer '{self._layer.name}' keeps its shape "

@@ -14,7 +14,7 @@ Fields: ``proto/forks/rfcn.proto``; ROIPooling and SmoothL1Loss come from Faster
   in every layer with ``--dialect rfcn``: it moves to ``rfcn_normalization``, which
   ``convert`` turns into BVLC's ``normalization`` (PRE_FIXED a value of protocaffe's own).
 """
-from protocaffe.dialects import Dialect, register, wire
+from protocaffe.dialects import Dialect, layers_of, register, wire
 from protocaffe.errors import CaffeError
 from protocaffe.proto import caffe_pb2
 from protocaffe.proto.forks import faster_rcnn_pb2, rfcn_pb2  # noqa: F401 (registers the forks' fields)
@@ -32,7 +32,7 @@ def _layer(type_, rules):
 
 def convert(param, source):
     """The forks' normalization values (read from a binary file) as BVLC's enum."""
-    for layer in getattr(param, "layer", ()):
+    for layer in layers_of(param):
         loss = layer.loss_param
         if not loss.HasExtension(rfcn_pb2.rfcn_normalization):
             continue
