@@ -5,6 +5,7 @@ from protocaffe.datasets.shapes import CLASSES, make_shapes
 from protocaffe.datasets.shapes_detection import CLASSES as BOXED, make_shapes_detection
 from protocaffe.flags import Flags
 
+
 def run(argv):
     f = Flags("make_shapes", "Write the built-in shapes dataset.")
     f.flag("out", "examples/shapes/data", "the folder to write")

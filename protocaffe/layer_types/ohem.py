@@ -10,13 +10,8 @@ import torch
 
 from protocaffe.layer_types.base import Layer, legacy_shape, register
 from protocaffe.layer_types.loss import LossParameter, SoftmaxWithLoss, _Loss, normalization_mode, normalizer, pre_fixed
+from protocaffe.layer_types.multibox import smooth_l1
 from protocaffe.proto.forks import rfcn_pb2  # noqa: F401 (the layers' parameters)
-
-
-def _smooth_l1(d):
-    """0.5 d^2 where |d| < 1, else |d| - 0.5."""
-    a = d.abs()
-    return torch.where(a < 1, 0.5 * d * d, a - 0.5)
 
 
 class _RFCNSmoothL1(torch.autograd.Function):
@@ -28,7 +23,7 @@ class _RFCNSmoothL1(torch.autograd.Function):
         d = a - b if w is None else w * (a - b)
         ctx.save_for_backward(d)
         ctx.norm = norm
-        return _smooth_l1(d).sum() / norm
+        return smooth_l1(d).sum() / norm
 
     @staticmethod
     def backward(ctx, grad):
@@ -48,7 +43,7 @@ def rfcn_smooth_l1(layer, a, b, w=None):
     loss = _RFCNSmoothL1.apply(a, b, w, norm)
     with torch.no_grad():
         d = a - b if w is None else w * (a - b)
-        each = _smooth_l1(d).reshape(n, -1, h * wd).sum(1).reshape(n, 1, h, wd)
+        each = smooth_l1(d).reshape(n, -1, h * wd).sum(1).reshape(n, 1, h, wd)
     return loss, each
 
 
