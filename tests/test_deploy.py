@@ -89,8 +89,11 @@ def fused_types(deployed):
 @pytest.mark.parametrize("name, prototxt", [("slim_alexnet", "slim_alexnet_deploy.prototxt"),
                                             ("slim_caffenet", "slim_caffenet_deploy.prototxt"),
                                             ("slim_caffenet", "slim_caffenet_v1.prototxt")])
-@pytest.mark.parametrize("way", WAYS + [(True, "onednn", "winograd2"), (False, "torch", "winograd4")])
+@pytest.mark.parametrize("way", WAYS + [(True, "onednn", "winograd2"), (False, "torch", "winograd4"),
+                                        (True, "onednn", "nnpack"), (False, "onednn", "nnpack")])
 def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
+    if "nnpack" in way and not torch._nnpack_available():
+        pytest.skip("this torch has no NNPACK for this CPU")
     ref = np.load(NETS / f"{name}.npz")
     weights = NETS / ("slim_caffenet_v1.caffemodel" if "v1" in prototxt else f"{name}.caffemodel")
     net = netlib.build_net(str(NETS / prototxt), caffe.TEST, weights=str(weights))
@@ -103,7 +106,7 @@ def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
     for blob, value in blobs.items():
         assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
     errors = max_error(blobs, exact64(net, {"data": data}))
-    bound = 4e-5 if "winograd4" in way else FLOAT32
+    bound = 4e-5 if {"winograd4", "nnpack"} & set(way) else FLOAT32
     assert max(errors.values()) < bound, errors
 
 
@@ -287,7 +290,83 @@ def test_winograd_convolution_against_float64(m, bound, shape, pad):
     torch.testing.assert_close(y_last, y, rtol=0, atol=0)
 
 
+# ---- NNPACK ------------------------------------------------------------------------------------
+
+NNPACK = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 5 dim: 13 dim: 10 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 8
+        kernel_h: %d kernel_w: %d pad_h: %d pad_w: %d weight_filler { type: "gaussian" }
+        bias_filler { type: "gaussian" } } }
+layer { name: "relu" type: "ReLU" bottom: "y" top: "y" relu_param { negative_slope: 0.1 } }
+"""
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="this torch has no NNPACK for this CPU")
+@pytest.mark.parametrize("kernel, pad", [((3, 3), (1, 1)), ((3, 3), (0, 2)), ((5, 5), (2, 2)), ((1, 3), (0, 1))])
+def test_nnpack_convolution_against_float64(kernel, pad):
+    net = text_net(NNPACK % (kernel + pad))
+    x = torch.randn(2, 5, 13, 10, generator=torch.Generator().manual_seed(kernel[0]))
+    deployed = DeployedNet(net, settings=Settings(True, (("conv", "nnpack"),)))
+    assert deployed.fused[0].algorithms()[-1] == "nnpack"
+    y = deployed(x=x)["y"]
+    assert deployed.fused[0].algorithm == "nnpack"
+    exact = exact64(net, {"x": x})["y"]
+    assert y.shape == exact.shape and float(y.min()) < 0  # the leaky ReLU ran
+    assert max_error({"y": y}, {"y": exact})["y"] < 4e-5
+
+
+def test_nnpack_is_offered_for_stride_1_and_one_group_only():
+    strided = text_net(NNPACK.replace("pad_w: %d", "pad_w: %d stride: 2") % (3, 3, 1, 1))
+    grouped = text_net(NNPACK.replace("num_output: 8", "num_output: 10 group: 5") % (3, 3, 1, 1))
+    for net in (strided, grouped):
+        assert "nnpack" not in FusedConv(net.layer_by_name()["conv"]).algorithms()
+
+
+# ---- InnerProduct by oneDNN ------------------------------------------------------------------
+
+INNER = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "in2" type: "Input" top: "z" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 7 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 7 axis: 3 weight_filler { type: "gaussian" } } }
+layer { name: "sum" type: "Eltwise" bottom: "y" bottom: "z" top: "s" }
+layer { name: "relu" type: "ReLU" bottom: "s" top: "s" }
+layer { name: "ip2" type: "InnerProduct" bottom: "s" top: "t"
+        inner_product_param { num_output: 6 axis: %d transpose: %s
+                              weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+layer { name: "tanh" type: "TanH" bottom: "t" top: "t" }
+"""
+
+
+@pytest.mark.parametrize("axis, transpose", [(1, "false"), (2, "true"), (3, "false")])
+@pytest.mark.parametrize("algorithm", ["onednn", "torch"])
+def test_inner_products_with_sums_and_activations_against_float64(axis, transpose, algorithm):
+    net = text_net(INNER % (axis, transpose))
+    gen = torch.Generator().manual_seed(axis)
+    inputs = {"x": torch.randn(2, 3, 4, 5, generator=gen), "z": torch.randn(2, 3, 4, 7, generator=gen)}
+    deployed = DeployedNet(net, settings=every(net, False, algorithm))
+    out = deployed(**inputs)
+    assert fused_types(deployed)[2:] == [("InnerProduct", (), True, "ReLU"), ("InnerProduct", (), False, "TanH")]
+    assert [m.algorithm for m in deployed.fused] == [algorithm] * 2
+    exact = exact64(net, inputs)
+    assert out["t"].shape == exact["t"].shape
+    assert max_error(out, {"t": exact["t"]})["t"] < FLOAT32
+
+
 # ---- the settings: measured once, then cached ------------------------------------------
+
+def test_after_measuring_every_op_runs_by_the_algorithm_chosen(monkeypatch, tmp_path):
+    """Each op was packed for each of its algorithms in turn while measured; the net then runs
+    every op by the one chosen (here the defaults, made the fastest), not the one measured last."""
+    monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))
+    monkeypatch.setattr(deploy_settings, "_timed",
+                        lambda fn, *args: 1.0 if getattr(fn, "algorithm", "onednn") in ("onednn", "torch") else 2.0)
+    net, inputs = folds_net()
+    deployed = DeployedNet(net)
+    deployed(**inputs)
+    assert deployed.settings.algorithms == ()
+    measured = [m for m in deployed.fused if isinstance(m, FusedConv) and len(m.algorithms()) > 1]
+    assert measured and [m.algorithm for m in measured] == [m.algorithms()[0] for m in measured]
 
 def test_settings_are_measured_once_per_machine_and_net(monkeypatch, tmp_path):
     monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))

@@ -14,7 +14,8 @@ then, in one process, with the same number of threads each:
 - OpenCV: ``cv2.dnn.readNetFromCaffe``, ``setInput``, ``forward``;
 - onnxruntime: the same net exported by protocaffe.export_onnx, all graph optimizations.
 
-Each round runs every engine once in turn (the first engine rotating from round to round,
+Each net runs in a fresh process of its own (``--in-process``: all in this one). Each round
+runs every engine once in turn (the first engine rotating from round to round,
 each run after ``--gap-ms`` of idling, so that no engine is timed against the threads another
 leaves spinning); the best round is each engine's figure (the median beside it when
 ``--medians``). ``first ms`` is protocaffe's first forward, which
@@ -24,9 +25,11 @@ difference divided by the largest probability, against OpenCV's. The ratio is
 protocaffe's time over OpenCV's; the geometric mean of the ratios is given per batch size.
 """
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -189,11 +192,19 @@ def main():
     p.add_argument("--cpu-time", action="store_true",
                    help="time in CPU seconds of this process, not wall time: with --threads 1, less "
                         "disturbed by other work on a shared machine")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every net in this process (by default each net runs in a fresh process of its "
+                        "own, so that the memory an earlier net left to the C library does not slow the "
+                        "next net's engines: measured here, SqueezeNet 1.1 ran 1.5x slower in both after CaffeNet)")
+    p.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     caffe.set_mode_cpu()
     batches = [int(b) for b in args.batches.split(",")]
+    if args.rows_only:
+        run_nets(args, batches)
+        return 0
     load_before = os.getloadavg()
     print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; CPU: {cpu_name()}; {args.threads} threads each; "
           f"torch {torch.__version__}, OpenCV {cv2.__version__}"
@@ -206,9 +217,46 @@ def main():
     print("|" + "---|" * len(header))
     ratios = {b: [] for b in batches}
     failed = []
+    for name in args.nets.split(","):
+        if args.in_process:
+            rows = run_nets(args, batches, [name])
+        else:
+            argv = [a for a in sys.argv[1:] if not a.startswith("--nets")]
+            if "--nets" in sys.argv:
+                del argv[sys.argv.index("--nets") - 1]  # its value
+            child = subprocess.run([sys.executable, __file__, *argv, "--nets", name, "--rows-only"],
+                                   stdout=subprocess.PIPE, text=True, check=False)
+            print("".join(line + "\n" for line in child.stdout.splitlines() if not line.startswith(ROW)),
+                  end="", flush=True)
+            rows = [json.loads(line[len(ROW):]) for line in child.stdout.splitlines() if line.startswith(ROW)]
+            if child.returncode not in (0, 1) or len(rows) != len(batches):
+                failed.append(f"{name} (exit {child.returncode})")
+        for row in rows:
+            ratios[row["batch"]].append(row["ratio"])
+            if row["diff"] > TOLERANCE:
+                failed.append(f"{name} b{row['batch']}")
+    for b in batches:
+        if ratios[b]:
+            print(f"# batch {b}: geometric mean of protocaffe / OpenCV = "
+                  f"{math.exp(sum(map(math.log, ratios[b])) / len(ratios[b])):.3f}, highest {max(ratios[b]):.2f}")
+    print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if failed:
+        print(f"# outputs differ by more than {TOLERANCE} (relative to the largest probability), or the "
+              "run failed: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+ROW = "#row "
+
+
+def run_nets(args, batches, names=None):
+    """Measure ``names`` (else ``args.nets``) at each batch size: prints each table row and, after
+    it, the row's figures as ``#row {json}``; returns those figures."""
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name in args.nets.split(","):
+        for name in names or args.nets.split(","):
             protos, weights, inputs = make_files(name, batches, args.seed, folder)
             for b in batches:
                 engines = [Protocaffe(protos[b], weights, inputs[b]), OpenCV(protos[b], weights, inputs[b])]
@@ -220,9 +268,6 @@ def main():
                 best = {k: min(v) for k, v in times.items()}
                 diff = {k: relative_diff(v, outs["OpenCV"]) for k, v in outs.items()}
                 ratio = best["protocaffe"] / best["OpenCV"]
-                ratios[b].append(ratio)
-                if max(diff.values()) > TOLERANCE:
-                    failed.append(f"{name} b{b}")
 
                 def ms(label):
                     if label not in best:
@@ -234,15 +279,10 @@ def main():
                       f"**{ratio:.2f}** | {ort} | "
                       f"{diff['protocaffe']:.1e} | {diff.get('onnxruntime', float('nan')):.1e} | "
                       f"{engines[0].first_ms:.0f} |", flush=True)
-    for b in batches:
-        print(f"# batch {b}: geometric mean of protocaffe / OpenCV = "
-              f"{math.exp(sum(map(math.log, ratios[b])) / len(ratios[b])):.3f}, highest {max(ratios[b]):.2f}")
-    print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    if failed:
-        print(f"# outputs differ by more than {TOLERANCE} (relative to the largest probability): "
-              + ", ".join(failed))
-        return 1
-    return 0
+                rows.append({"batch": b, "ratio": ratio, "diff": max(diff.values())})
+                if args.rows_only:
+                    print(ROW + json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

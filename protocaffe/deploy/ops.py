@@ -3,13 +3,21 @@ per-channel affine layers as one multiply-add.
 
 A :class:`FusedConv` computes its convolution by one of these algorithms:
 
-- ``onednn``, the default for 2-d convolutions on the CPU: oneDNN with the weights kept in
-  its blocked layout and the sum and the activation as post-ops;
-- ``torch``, the default elsewhere (CUDA, 1-d and 3-d, Deconvolution, InnerProduct): the
-  layer itself on the folded weights, then the sum and the activation;
+- ``onednn``, the default for 2-d convolutions and InnerProducts on the CPU: oneDNN, a
+  convolution's weights kept in its blocked layout and the sum and the activation as post-ops,
+  an InnerProduct's activation as a post-op (on the AMD EPYC Zen 3 this was measured on,
+  oneDNN's product ran CaffeNet's and VGG-16's fc6 in half MKL's time at batch 10; which is
+  faster is measured per machine and layer, :mod:`protocaffe.deploy.settings`);
+- ``torch``, the default elsewhere (CUDA, 1-d and 3-d, Deconvolution): the layer itself on
+  the folded weights, then the sum and the activation;
 - ``winograd2``, ``winograd4``: Winograd's F(2x2, 3x3) or F(4x4, 3x3) on the CPU
   (:mod:`protocaffe.deploy.winograd`; 3x3, stride 1, one group), where measured faster
-  (:mod:`protocaffe.deploy.settings`).
+  (:mod:`protocaffe.deploy.settings`);
+- ``nnpack``: NNPACK's convolution (Winograd F(6x6, 3x3) for 3x3 kernels, Fourier transforms
+  for larger ones) where torch has it, for 2-d convolutions with stride 1 and one group on the
+  CPU, where measured faster (on the AMD EPYC Zen 3 this was measured on: VGG-16's first
+  convolutions at batch 1, about 1.6x oneDNN's speed). Its outputs are within about 1e-5 of
+  the output's scale, as Winograd's F(4x4, 3x3).
 """
 import torch
 import torch.nn.functional as F
@@ -20,6 +28,12 @@ from protocaffe.deploy import folding, winograd
 
 def onednn_available(device):
     return device.type == "cpu" and torch.backends.mkldnn.is_available()
+
+
+def nnpack_fits(head):
+    """Whether NNPACK computes this layer: a 2-d Convolution with stride 1, no dilation, one group."""
+    return (head.type == "Convolution" and len(head.kernel) == 2 and head.stride == (1, 1)
+            and head.dilation == (1, 1) and head.group == 1 and torch._nnpack_available())
 
 
 def _stamp(t):
@@ -72,9 +86,14 @@ class FusedConv(_Folded):
     def algorithms(self):
         """The algorithms that can compute this layer on its device, the default first."""
         head = self.head
-        if not (head.type == "Convolution" and len(head.kernel) == 2 and onednn_available(head.weight.device)):
+        if not onednn_available(head.weight.device) or head.weight.dtype != torch.float32:
             return ["torch"]
-        return ["onednn"] + (["winograd2", "winograd4"] if winograd.fits(head) else [])
+        if head.type == "InnerProduct":
+            return ["onednn", "torch"]
+        if not (head.type == "Convolution" and len(head.kernel) == 2):
+            return ["torch"]
+        return (["onednn"] + (["winograd2", "winograd4"] if winograd.fits(head) else [])
+                + (["nnpack"] if nnpack_fits(head) else []))
 
     def pack(self, settings, keep_others=False):
         """Fold, and get ready to run by the algorithm ``settings`` name for this layer (else the
@@ -93,16 +112,21 @@ class FusedConv(_Folded):
             self._prepared[self.algorithm] = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))
         self.winograd = self._prepared.get(self.algorithm) if self.algorithm.startswith("winograd") else None
         self.torch_weight = self.weight
+        if self.algorithm == "onednn" and self.head.type == "InnerProduct":  # (num_output, K)
+            self.torch_weight = (self.weight.t() if self.head.transpose else self.weight).contiguous()
         if self.algorithm == "torch" and settings.channels_last and self.weight.dim() == 4:
             self.torch_weight = self.weight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x, other=None):
         if self.algorithm == "onednn":
-            return self._onednn(x, other)
+            return self._onednn(x, other) if self.head.type == "Convolution" else self._linear(x, other)
         if self.winograd is not None:
             y = self.winograd(x)
             if self.bias is not None:
                 y = y + self.bias.view(1, -1, 1, 1)
+        elif self.algorithm == "nnpack":
+            y = torch._nnpack_spatial_convolution(self._overhung(x).contiguous(), self.weight, self.bias,
+                                                  list(self.head.pad))
         else:
             params = {"weight": self.torch_weight}
             if self.bias is not None:
@@ -112,13 +136,28 @@ class FusedConv(_Folded):
             y = y + other
         return y if self.act is None else self.act(y)
 
+    def _linear(self, x, other):
+        """oneDNN's InnerProduct: everything from the layer's axis on flattened, the activation a
+        post-op unless a sum comes first."""
+        x = x.flatten(self.head.axis) if self.head.axis < x.dim() - 1 else x
+        attr, scalars = self.attr if other is None else ("none", [])
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.torch_weight, self.bias,
+                                               attr, scalars, "").view(x.shape[:-1] + (-1,))
+        if other is None:
+            return y
+        y = y + other
+        return y if self.act is None else self.act(y)
+
+    def _overhung(self, x):
+        """``x`` with Caffe's zeros past the end for a window larger than the input."""
+        extra = self.head.overhang(*x.shape[2:])
+        return F.pad(x, (0, extra[1], 0, extra[0])) if any(extra) else x
+
     def _onednn(self, x, other):
         """oneDNN's convolution, its weights reordered on the first call for each input shape
         (the layout oneDNN picks depends on it)."""
         head = self.head
-        extra = head.overhang(*x.shape[2:])  # Caffe's zeros past the end for a window larger than the input
-        if any(extra):
-            x = F.pad(x, (0, extra[1], 0, extra[0]))
+        x = self._overhung(x)
         args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
         shape, weight = self._prepared.get("onednn", (None, None))
         if shape != x.shape:

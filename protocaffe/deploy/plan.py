@@ -199,9 +199,10 @@ class DeployedNet:
             return t.contiguous(memory_format=torch.channels_last)
         return t
 
-    def refresh(self, settings):
-        """(Re)pack the fused ops for ``settings``, or those whose source tensors changed."""
-        again = self._packed != settings
+    def refresh(self, settings, force=False):
+        """(Re)pack the fused ops for ``settings`` (all of them with ``force``: after ops were packed
+        one by one), or those whose source tensors changed."""
+        again = force or self._packed != settings
         for module in self.fused:
             if again or module.stale():
                 module.pack(settings)
