@@ -130,6 +130,8 @@ class Blob:
         """Copy host arrays written since the last sync to the device (before the net runs);
         whether the data was among them."""
         data_pushed = False
+        if self._host["data"].head != "host" and self._host["diff"].head != "host":
+            return False  # no host array may be newer: nothing to look up (pycaffe syncs every blob per forward)
         for which, tensor in self._existing():
             if tensor is not None and self._mirrored(tensor) and self._host[which].push(tensor):
                 data_pushed |= which == "data"

@@ -36,23 +36,37 @@ def nnpack_fits(head):
             and head.dilation == (1, 1) and head.group == 1 and torch._nnpack_available())
 
 
-def _stamp(t):
-    return id(t), t.data_ptr(), t._version
+def _getter(module, name):
+    """A quick lookup of ``module.name``: the dict that holds it, else getattr."""
+    for d in (module._parameters, module._buffers, module.__dict__):
+        if name in d:
+            return d.get
+    return lambda n: getattr(module, n)
 
 
 class _Folded(torch.nn.Module):
-    """What the fused ops share: the source tensors' stamps, to fold again when they change."""
+    """What the fused ops share: the source tensors watched, to fold again when they change."""
 
     def sources(self):
         """(module, blob name) of every tensor the folded weights are made from."""
         return [(m, n) for m in self.layers() for n in m.blob_names]
 
-    def stamp(self):
-        """Which tensors, where, at which autograd version: what the packed weights were made from."""
-        return [_stamp(getattr(m, n)) for m, n in self.sources()]
+    def watch(self):
+        """Note which tensors, where, at which autograd version the packed weights are made from."""
+        self._watched = []
+        for m, n in self.sources():
+            t = getattr(m, n)
+            self._watched.append((_getter(m, n), n, t, t._version, t.data_ptr()))
 
     def stale(self):
-        return self._stamp != self.stamp()
+        """Whether a source tensor was replaced, written in place or given other storage since :meth:`watch`
+        (checked before every call: a dict lookup and two reads per tensor)."""
+        if self._watched is None:
+            return True
+        for get, n, t, v, p in self._watched:
+            if get(n) is not t or t._version != v or t.data_ptr() != p:
+                return True
+        return False
 
     def affine(self):
         """The composed (scale, shift) of ``self.affines``, in float64."""
@@ -71,7 +85,7 @@ class FusedConv(_Folded):
         super().__init__()
         self.head, self.affines, self.add, self.act = head, list(affines), add, act
         self.name = head.name
-        self._stamp = None
+        self._watched = None
 
     def layers(self):
         return [self.head] + self.affines
@@ -99,9 +113,9 @@ class FusedConv(_Folded):
         """Fold, and get ready to run by the algorithm ``settings`` name for this layer (else the
         default; ``torch`` computes any layer). ``keep_others`` keeps what other algorithms
         prepared from the same weights (while they are measured in turns)."""
-        stamp = self.stamp()
-        if stamp != self._stamp or not keep_others:
-            self._stamp, self._prepared = stamp, {}
+        if self.stale() or not keep_others:
+            self.watch()
+            self._prepared = {}
             self.weight, self.bias = self.fold()
         options = self.algorithms()
         self.algorithm = settings.algorithm(self.name)
@@ -155,14 +169,19 @@ class FusedConv(_Folded):
 
     def _onednn(self, x, other):
         """oneDNN's convolution, its weights reordered on the first call for each input shape
-        (the layout oneDNN picks depends on it)."""
-        head = self.head
-        x = self._overhung(x)
-        args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
-        shape, weight = self._prepared.get("onednn", (None, None))
+        (the layout oneDNN picks depends on it); what the call needs is kept with them, so a
+        call does little more than oneDNN's own work."""
+        shape, weight, args, extra = self._prepared.get("onednn", (None,) * 4)
         if shape != x.shape:
-            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(x.shape))
-            self._prepared["onednn"] = x.shape, weight
+            head = self.head
+            args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
+            over = head.overhang(*x.shape[2:])
+            extra = (0, over[1], 0, over[0]) if any(over) else None
+            padded = list(x.shape[:2]) + [n + e for n, e in zip(x.shape[2:], over)]
+            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, padded)
+            self._prepared["onednn"] = shape, weight, args, extra = x.shape, weight, args, extra
+        if extra is not None:  # Caffe's zeros past the end for a window larger than the input
+            x = F.pad(x, extra)
         attr, scalars = self.attr
         if other is None:
             return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, attr, scalars, "")
@@ -177,13 +196,13 @@ class FusedAffine(_Folded):
         super().__init__()
         self.affines = list(affines)
         self.name = self.affines[0].name
-        self._stamp = None
+        self._watched = None
 
     def layers(self):
         return self.affines
 
     def pack(self, settings):
-        self._stamp = self.stamp()
+        self.watch()
         scale, shift = self.affine()
         self.scale, self.shift = scale.float(), shift.float()
 
