@@ -353,6 +353,90 @@ def test_inner_products_with_sums_and_activations_against_float64(axis, transpos
     assert max_error(out, {"t": exact["t"]})["t"] < FLOAT32
 
 
+# ---- onnxruntime as the engine ---------------------------------------------------------------
+
+def golden_slim(prototxt="slim_caffenet_deploy.prototxt"):
+    ref = np.load(NETS / "slim_caffenet.npz")
+    net = netlib.build_net(str(NETS / prototxt), caffe.TEST, weights=str(NETS / "slim_caffenet.caffemodel"))
+    return net, ref, torch.from_numpy(ref["blob_data"])
+
+
+def test_golden_net_on_onnxruntime_gives_caffes_blobs():
+    pytest.importorskip("onnxruntime")
+    net, ref, data = golden_slim()
+    deployed = DeployedNet(net, keep=net.blob_shapes, settings=Settings(engine="onnxruntime"))
+    blobs = deployed(data=data)
+    assert deployed._ort is not None and set(blobs) == set(net.blob_shapes)
+    for blob, value in blobs.items():
+        assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
+
+
+def test_onnxruntime_sees_new_weights_and_leaves_other_shapes_to_torch():
+    pytest.importorskip("onnxruntime")
+    net, ref, data = golden_slim()
+    deployed = DeployedNet(net, settings=Settings(engine="onnxruntime"))
+    first = deployed(data=data)["prob"]
+    session = deployed._ort.session
+    assert_close(first.numpy(), ref["blob_prob"])
+    with torch.no_grad():
+        net.layer_by_name()["fc8"].bias.add_(torch.arange(10.0))  # in place: the net is exported again
+    again = deployed(data=data)["prob"]
+    assert deployed._ort.session is not session
+    with torch.no_grad():
+        exact = net.run({"data": data})[0]["prob"]
+    assert float((again - first).abs().max()) > 0.1
+    assert_close(again.numpy(), exact.numpy(), rtol=1e-5, atol=1e-6)
+    two = torch.cat([data, data.flip(3)])  # a batch of 2 against the net's 1: the torch plan
+    session = deployed._ort.session
+    out = deployed(data=two)["prob"]
+    assert deployed._ort.session is session and out.shape[0] == 2
+    assert_close(out[:1].numpy(), again.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_onnxruntime_is_measured_and_kept_only_where_faster(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    for faster, engines, expected in [("onnxruntime", "", "onnxruntime"), ("torch", "", "torch"),
+                                      ("onnxruntime", "torch", "torch")]:
+        monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path / f"{faster}-{engines}"))  # measured afresh
+        monkeypatch.setenv("PROTOCAFFE_ENGINES", engines)
+        monkeypatch.setattr(deploy_settings, "_timed", lambda fn, *args, faster=faster: 1.0 if (
+            args[-1].engine == faster if isinstance(args[-1], Settings) else True) else 2.0)
+        net, ref, data = golden_slim()
+        deployed = DeployedNet(net)
+        prob = deployed(data=data)["prob"]
+        assert deployed.settings.engine == expected
+        assert (deployed._ort is not None) == (expected == "onnxruntime")  # the losing session let go
+        assert_close(prob.numpy(), ref["blob_prob"])
+    monkeypatch.setenv("PROTOCAFFE_ENGINES", "torch,tensorrt")
+    with pytest.raises(caffe.CaffeError, match="expected some of torch, onnxruntime, found tensorrt"):
+        DeployedNet(golden_slim()[0])(data=data)
+
+
+def test_a_net_without_an_onnx_form_stays_in_torch(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))
+
+    class Doubling(Layer):
+        type = "TestDoubling"
+
+        def top_shapes(self, bottom_shapes):
+            return bottom_shapes
+
+        def forward(self, x):
+            return 2 * x
+
+    monkeypatch.setitem(LAYERS, Doubling.type, Doubling)
+    monkeypatch.setattr(deploy_settings, "_timed", lambda fn, *args: 1.0)
+    net = text_net(FOLDS[:FOLDS.index('layer { name: "bn"')] +
+                   'layer { name: "d" type: "TestDoubling" bottom: "c" top: "d" }')
+    inputs = {"x": torch.randn(2, 4, 9, 9), "x2": torch.randn(2, 4, 8, 8)}
+    deployed = DeployedNet(net)
+    out = deployed(**inputs)["d"]
+    assert deployed.settings.engine == "torch" and deployed._ort is None
+    with torch.no_grad():
+        assert_close(out.numpy(), net.run(inputs)[0]["d"].numpy(), rtol=1e-5, atol=1e-6)
+
+
 # ---- the settings: measured once, then cached ------------------------------------------
 
 def test_after_measuring_every_op_runs_by_the_algorithm_chosen(monkeypatch, tmp_path):

@@ -44,6 +44,29 @@ def _getter(module, name):
     return lambda n: getattr(module, n)
 
 
+class Watch:
+    """Tensors ``getattr(module, name)`` for (module, name) in ``sources``, watched for a change:
+    replaced, written in place, or given other storage since :meth:`note` (checked before every
+    call of a deployed net: a dict lookup and two reads per tensor)."""
+
+    def __init__(self, sources):
+        self.sources, self.noted = list(sources), None
+
+    def note(self):
+        self.noted = []
+        for m, n in self.sources:
+            t = getattr(m, n)
+            self.noted.append((_getter(m, n), n, t, t._version, t.data_ptr()))
+
+    def stale(self):
+        if self.noted is None:
+            return True
+        for get, n, t, v, p in self.noted:
+            if get(n) is not t or t._version != v or t.data_ptr() != p:
+                return True
+        return False
+
+
 class _Folded(torch.nn.Module):
     """What the fused ops share: the source tensors watched, to fold again when they change."""
 
@@ -53,20 +76,11 @@ class _Folded(torch.nn.Module):
 
     def watch(self):
         """Note which tensors, where, at which autograd version the packed weights are made from."""
-        self._watched = []
-        for m, n in self.sources():
-            t = getattr(m, n)
-            self._watched.append((_getter(m, n), n, t, t._version, t.data_ptr()))
+        self._watched = Watch(self.sources())
+        self._watched.note()
 
     def stale(self):
-        """Whether a source tensor was replaced, written in place or given other storage since :meth:`watch`
-        (checked before every call: a dict lookup and two reads per tensor)."""
-        if self._watched is None:
-            return True
-        for get, n, t, v, p in self._watched:
-            if get(n) is not t or t._version != v or t.data_ptr() != p:
-                return True
-        return False
+        return self._watched is None or self._watched.stale()
 
     def affine(self):
         """The composed (scale, shift) of ``self.affines``, in float64."""

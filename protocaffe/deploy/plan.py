@@ -15,11 +15,11 @@ A chain runs where its last layer stood, so every layer in between still finds i
 bottoms; a chain stops before a layer that would have to read a head's bottom after
 someone rewrote it.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from protocaffe.deploy import folding
+from protocaffe.deploy import folding, onnxrt
 from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.deploy.settings import choose
 from protocaffe.proto import caffe_pb2
@@ -155,6 +155,7 @@ class DeployedNet:
         self._fused = [op.module for op in self.ops if isinstance(op.module, (FusedConv, FusedAffine))]
         self.settings = settings
         self._packed = None
+        self._ort = None
 
     @property
     def fused(self):
@@ -185,6 +186,10 @@ class DeployedNet:
         """Every op but the sources, from ``blobs``; returns the kept blobs (dense NCHW). With a
         dict ``record``, the bottoms each FusedConv reads are stored there under it."""
         settings = settings or self.settings
+        if settings.engine == "onnxruntime" and record is None:
+            if onnxrt.fits(self.net, blobs):
+                return self._onnxruntime(blobs)
+            settings = replace(settings, engine="torch")  # other shapes than the net's: the torch plan
         self.refresh(settings)
         blobs = {n: self._layout(t, settings) for n, t in blobs.items()}
         for op in self.ops:
@@ -197,6 +202,20 @@ class DeployedNet:
             for name in op.release:
                 del blobs[name]
         return {n: t.contiguous() for n, t in blobs.items()}
+
+    def _onnxruntime(self, blobs):
+        """The kept blobs by onnxruntime (the net exported on the first call, and again when a
+        parameter changed); the inputs kept as given."""
+        if self._ort is None:
+            made = {t for op in self.ops if not op.source for t in op.tops}
+            self._ort = onnxrt.OrtEngine(self.net, self.keep & made, torch.get_num_threads())
+        out = self._ort.run(blobs)
+        out.update((n, t) for n, t in blobs.items() if n in self.keep)
+        return out
+
+    def drop_onnxruntime(self):
+        """Let go of the onnxruntime session (and its copy of the weights)."""
+        self._ort = None
 
     @staticmethod
     def _layout(t, settings):

@@ -7,32 +7,41 @@ every convolution with a choice is timed alone on its own input with each algori
 can use, and another than its default kept where it is clearly faster. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
 ``~/.cache/protocaffe``), keyed by the machine (CPU model and ISA, threads, torch
 version, device) and the net (its layers' parameters, the input shapes, the blobs kept),
-so a later process starts with it at once.
+so a later process starts with it at once. Where onnxruntime is installed and can run the
+net, the chosen plan is then timed against it (:mod:`protocaffe.deploy.onnxrt`), in turns,
+and onnxruntime kept where it is faster by the same margin.
 """
 import hashlib
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from protocaffe.deploy import onnxrt
+from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
 
 ROUNDS = 3
 """Timed runs per candidate (after one warm-up run); the fastest counts."""
+GAP = 0.05
+"""Seconds idle before each run when torch and onnxruntime are timed in turns: onnxruntime's
+threads spin after a call, and torch's run would be timed against them."""
 MARGIN = 0.9
 """A convolution leaves its default algorithm for one measured at most this fraction of its time."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How a deployed net runs: 4-d activations channels-last or not, and (layer name,
-    algorithm) pairs for the convolutions not computed by their default algorithm."""
+    """How a deployed net runs: 4-d activations channels-last or not, (layer name, algorithm)
+    pairs for the convolutions not computed by their default algorithm, and the engine: the
+    plan in torch, or onnxruntime (:mod:`protocaffe.deploy.onnxrt`) on the net's ONNX form."""
     channels_last: bool = False
     algorithms: tuple = ()
+    engine: str = "torch"
 
     def algorithm(self, name):
         return dict(self.algorithms).get(name)
@@ -63,10 +72,23 @@ def machine(device):
     return f"{where}, torch {torch.__version__}"
 
 
+ENGINES = ("torch", "onnxruntime")
+
+
+def engines():
+    """The engines a deployed net may be measured on: ``$PROTOCAFFE_ENGINES`` (comma-separated,
+    e.g. ``torch`` to keep onnxruntime out), else all."""
+    named = [e.strip() for e in os.environ.get("PROTOCAFFE_ENGINES", "").split(",") if e.strip()]
+    unknown = set(named) - set(ENGINES)
+    if unknown:
+        raise CaffeError(f"PROTOCAFFE_ENGINES: expected some of {', '.join(ENGINES)}, found {', '.join(sorted(unknown))}")
+    return tuple(named) or ENGINES
+
+
 def _net_key(deployed, blobs):
     text = "".join(str(layer.param) for layer in deployed.net.layer_by_name().values())
     shapes = sorted((n, tuple(t.shape), str(t.dtype)) for n, t in blobs.items())
-    return hashlib.sha1(f"{text}{shapes}{sorted(deployed.keep)}".encode()).hexdigest()
+    return hashlib.sha1(f"{text}{shapes}{sorted(deployed.keep)}{engines()}".encode()).hexdigest()
 
 
 def _read(path):
@@ -93,12 +115,14 @@ def _timed(fn, *args):
     return (time.perf_counter() - start) * 1000
 
 
-def measure(deployed, blobs, candidates, rounds=ROUNDS):
-    """{settings: best ms of the whole net}, the candidates taking turns."""
+def measure(deployed, blobs, candidates, rounds=ROUNDS, gap=0.0):
+    """{settings: best ms of the whole net}, the candidates taking turns, each run after ``gap``
+    seconds of idling (for the threads an engine leaves spinning)."""
     best = {s: float("inf") for s in candidates}
     for r in range(rounds + 1):
         for s in candidates:
             deployed.refresh(s)
+            time.sleep(gap)
             ms = _timed(deployed.body, dict(blobs), s)
             best[s] = min(best[s], ms) if r else best[s]
     return best
@@ -137,19 +161,39 @@ def choose(deployed, blobs):
     table = _read(path)
     if key in table:
         found = table[key]["settings"]
-        return Settings(found["channels_last"], tuple(map(tuple, found["algorithms"])))
+        return Settings(found["channels_last"], tuple(map(tuple, found["algorithms"])), found.get("engine", "torch"))
     start = time.perf_counter()
     times = measure(deployed, blobs, [Settings(False), Settings(True)])
     chosen = min(times, key=times.get)
     chosen = Settings(chosen.channels_last, fastest_algorithms(deployed, blobs, chosen.channels_last))
+    ms = {("NHWC" if s.channels_last else "NCHW"): t for s, t in times.items()}
+    chosen, ms["onnxruntime"] = _against_onnxruntime(deployed, blobs, chosen)
     counts = {a: sum(1 for _, b in chosen.algorithms if b == a) for a in dict(chosen.algorithms).values()}
-    log.info("Deployed net %s on %s: %s activations, convolutions by %s (measured in %.1f s: NCHW %.3g ms, "
-             "NHWC %.3g ms)", deployed.net.param.name or "", where,
-             "NHWC" if chosen.channels_last else "NCHW",
-             ", ".join(f"{a} {n}" for a, n in sorted(counts.items())) or "torch alone",
-             time.perf_counter() - start, *times.values())
+    log.info("Deployed net %s on %s: %s (measured in %.1f s: %s)", deployed.net.param.name or "", where,
+             "onnxruntime" if chosen.engine == "onnxruntime" else
+             f"{'NHWC' if chosen.channels_last else 'NCHW'} activations, convolutions by "
+             + (", ".join(f"{a} {n}" for a, n in sorted(counts.items())) or "their defaults"),
+             time.perf_counter() - start, ", ".join(f"{k} {v:.3g} ms" for k, v in ms.items() if v is not None))
     table = _read(path)
-    table[key] = {"settings": {"channels_last": chosen.channels_last, "algorithms": chosen.algorithms},
-                  "ms": {("NHWC" if s.channels_last else "NCHW"): ms for s, ms in times.items()}}
+    table[key] = {"settings": {"channels_last": chosen.channels_last, "algorithms": chosen.algorithms,
+                               "engine": chosen.engine}, "ms": ms}
     _write(path, table)
     return chosen
+
+
+def _against_onnxruntime(deployed, blobs, chosen):
+    """``chosen`` or the same on onnxruntime, whichever is faster by the MARGIN (timed in turns),
+    and onnxruntime's ms (None where it is not installed, not offered, or cannot run the net)."""
+    if "onnxruntime" not in engines() or not onnxrt.offered(deployed, blobs):
+        return chosen, None
+    ort = replace(chosen, engine="onnxruntime")
+    try:
+        times = measure(deployed, blobs, [chosen, ort], gap=GAP)
+    except (CaffeError, RuntimeError) as e:  # RuntimeError: onnxruntime's failing run
+        log.info("Deployed net %s: %s", deployed.net.param.name or "", e)
+        deployed.drop_onnxruntime()
+        return chosen, None
+    if times[ort] < MARGIN * times[chosen]:
+        return ort, times[ort]
+    deployed.drop_onnxruntime()
+    return chosen, times[ort]
