@@ -15,14 +15,16 @@ then, in one process, with the same number of threads each:
 - onnxruntime: the same net exported by protocaffe.export_onnx, all graph optimizations.
 
 Each net runs in a fresh process of its own (``--in-process``: all in this one). Each round
-runs every engine once in turn (the first engine rotating from round to round,
-each run after ``--gap-ms`` of idling, so that no engine is timed against the threads another
-leaves spinning); the best round is each engine's figure (the median beside it when
-``--medians``). ``first ms`` is protocaffe's first forward, which
-measures the layout once per machine and net (cached, protocaffe.deploy.settings) and
-packs the weights. The outputs are compared on the probabilities: the largest absolute
-difference divided by the largest probability, against OpenCV's. The ratio is
-protocaffe's time over OpenCV's; the geometric mean of the ratios is given per batch size.
+runs every engine once in turn (the first engine rotating from round to round, each run
+after ``--gap-ms`` of idling, so that no engine is timed against the threads another leaves
+spinning); the best round is each engine's figure (the median beside it when ``--medians``).
+``first ms`` is protocaffe's first forward, which measures the layout, the convolutions'
+algorithms and the engine once per machine and net (cached, protocaffe.deploy.settings) and
+packs the weights; ``protocaffe engine`` is what it chose: the torch plan (with its layout)
+or onnxruntime on the net's ONNX form (``PROTOCAFFE_ENGINES=torch``: the torch plan alone).
+The outputs are compared on the probabilities: the largest absolute difference divided by
+the largest probability, against OpenCV's. The ratio is protocaffe's time over OpenCV's; the
+geometric mean of the ratios is given per batch size.
 """
 import argparse
 import json
@@ -121,6 +123,9 @@ class Protocaffe:
         start = time.perf_counter()
         self()
         self.first_ms = (time.perf_counter() - start) * 1000
+        chosen = self.net.module.deployed(set(self.net.outputs)).settings
+        self.engine = chosen.engine if chosen.engine != "torch" else \
+            f"torch {'NHWC' if chosen.channels_last else 'NCHW'}"
 
     def __call__(self):
         self.net.blobs["data"].data[...] = self.x
@@ -212,7 +217,7 @@ def main():
     print(f"# load average before: {' '.join(f'{v:.2f}' for v in load_before)}; best of {args.rounds} "
           f"alternating rounds, {args.gap_ms:g} ms idle before each run{', CPU time' if args.cpu_time else ''}")
     header = ["net", "batch", "protocaffe ms", "OpenCV ms", "onnxruntime ms", "ratio", "ort ratio",
-              "max diff", "ort max diff", "first ms"]
+              "max diff", "ort max diff", "first ms", "protocaffe engine"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     ratios = {b: [] for b in batches}
@@ -278,7 +283,7 @@ def run_nets(args, batches, names=None):
                 print(f"| {name} | {b} | {ms('protocaffe')} | {ms('OpenCV')} | {ms('onnxruntime')} | "
                       f"**{ratio:.2f}** | {ort} | "
                       f"{diff['protocaffe']:.1e} | {diff.get('onnxruntime', float('nan')):.1e} | "
-                      f"{engines[0].first_ms:.0f} |", flush=True)
+                      f"{engines[0].first_ms:.0f} | {engines[0].engine} |", flush=True)
                 rows.append({"batch": b, "ratio": ratio, "diff": max(diff.values())})
                 if args.rows_only:
                     print(ROW + json.dumps(rows[-1]), flush=True)

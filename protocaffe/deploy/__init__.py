@@ -6,8 +6,8 @@
 
 ``CaffeNet`` takes this path by itself in eval mode without autograd (``net.deployed()``),
 as do pycaffe's ``Net.forward`` on TEST nets and ``protocaffe test``. Outputs equal the
-layer-by-layer forward's up to float32 rounding (Winograd's F(4x4, 3x3), where measured
-faster, to about 1e-5 of the output's scale).
+layer-by-layer forward's up to float32 rounding (Winograd's F(4x4, 3x3) and NNPACK, where
+measured faster, to about 1e-5 of the output's scale).
 
 - :mod:`~protocaffe.deploy.plan`: the pass that folds per-channel affine layers into the
   convolution or inner product before them and fuses sums and activations; the runner.
@@ -15,8 +15,9 @@ faster, to about 1e-5 of the output's scale).
   fuses; a fork's or plugin's layer type registers there.
 - :mod:`~protocaffe.deploy.ops`: the fused ops and the algorithms a convolution can run by.
 - :mod:`~protocaffe.deploy.winograd`: 3x3 convolutions by Winograd's minimal filtering.
-- :mod:`~protocaffe.deploy.settings`: layout and algorithms, measured per machine and net
-  on the first call and cached.
+- :mod:`~protocaffe.deploy.onnxrt`: onnxruntime as a second engine, on the net's ONNX form.
+- :mod:`~protocaffe.deploy.settings`: layout, algorithms and engine, measured per machine
+  and net on the first call and cached.
 
 The folded weights are copies made from the net's tensors; before each call the sources
 are checked (same tensor, same autograd version) and what changed is folded again, so

@@ -14,6 +14,8 @@ they sleep (with spinning off, SqueezeNet 1.1's median time here rose from 6.8 t
 torch work started right after a forward may share the cores with them for that moment.
 ``PROTOCAFFE_ENGINES=torch`` keeps onnxruntime out.
 """
+import importlib.util
+
 import torch
 
 from protocaffe.errors import CaffeError
@@ -21,12 +23,8 @@ from protocaffe.log import LOGGER as log
 
 
 def available():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether onnx (to export) and onnxruntime are installed."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
 def fits(net, blobs):

@@ -4,12 +4,13 @@
 convolution, its algorithm (:mod:`protocaffe.deploy.ops`). The whole net is timed
 in each layout with the default algorithms, in turns, and the faster layout wins; then
 every convolution with a choice is timed alone on its own input with each algorithm it
-can use, and another than its default kept where it is clearly faster. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
-``~/.cache/protocaffe``), keyed by the machine (CPU model and ISA, threads, torch
-version, device) and the net (its layers' parameters, the input shapes, the blobs kept),
-so a later process starts with it at once. Where onnxruntime is installed and can run the
-net, the chosen plan is then timed against it (:mod:`protocaffe.deploy.onnxrt`), in turns,
-and onnxruntime kept where it is faster by the same margin.
+can use, and another than its default kept where it is clearly faster. Where onnxruntime
+is installed and can run the net, the chosen plan is then timed against it
+(:mod:`protocaffe.deploy.onnxrt`), in turns, and onnxruntime kept where it is faster by the
+same margin. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
+``~/.cache/protocaffe``), keyed by the machine (CPU model and ISA, threads, torch version,
+device) and the net (its layers' parameters, the input shapes, the blobs kept, the engines
+offered), so a later process starts with it at once.
 """
 import hashlib
 import json
@@ -30,6 +31,11 @@ ROUNDS = 3
 GAP = 0.05
 """Seconds idle before each run when torch and onnxruntime are timed in turns: onnxruntime's
 threads spin after a call, and torch's run would be timed against them."""
+MORE_ROUNDS = 12
+LAYER_BUDGET_MS = 100.0
+"""A convolution's algorithms are timed ROUNDS times each, and again up to MORE_ROUNDS times
+while the layer's measuring has taken less than LAYER_BUDGET_MS: more rounds for the small
+layers, where a single run is most disturbed, at little cost."""
 MARGIN = 0.9
 """A convolution leaves its default algorithm for one measured at most this fraction of its time."""
 
@@ -81,7 +87,8 @@ def engines():
     named = [e.strip() for e in os.environ.get("PROTOCAFFE_ENGINES", "").split(",") if e.strip()]
     unknown = set(named) - set(ENGINES)
     if unknown:
-        raise CaffeError(f"PROTOCAFFE_ENGINES: expected some of {', '.join(ENGINES)}, found {', '.join(sorted(unknown))}")
+        raise CaffeError(f"PROTOCAFFE_ENGINES: expected some of {', '.join(ENGINES)}, "
+                         f"found {', '.join(sorted(unknown))}")
     return tuple(named) or ENGINES
 
 
@@ -141,11 +148,14 @@ def fastest_algorithms(deployed, blobs, channels_last, rounds=ROUNDS):
         if len(options) < 2:
             continue
         best = dict.fromkeys(options, float("inf"))
-        for r in range(rounds + 1):
+        spent, r = 0.0, 0
+        while r <= rounds or (r <= MORE_ROUNDS and spent < LAYER_BUDGET_MS):
             for algorithm in options:
                 module.pack(Settings(channels_last, ((module.name, algorithm),)), keep_others=True)
                 ms = _timed(module, *bottoms)  # the first: oneDNN reorders its weights, caches warm
                 best[algorithm] = min(best[algorithm], ms) if r else best[algorithm]
+                spent += ms
+            r += 1
         fastest = min(best, key=best.get)
         if best[fastest] < MARGIN * best[options[0]]:
             chosen.append((module.name, fastest))
