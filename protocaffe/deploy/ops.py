@@ -126,8 +126,10 @@ class FusedConv(_Folded):
     def pack(self, settings, keep_others=False):
         """Fold, and get ready to run by the algorithm ``settings`` name for this layer (else the
         default; ``torch`` computes any layer). ``keep_others`` keeps what other algorithms
-        prepared from the same weights (while they are measured in turns)."""
-        if self.stale() or not keep_others:
+        prepared from the same weights (while they are measured in turns); without it only
+        what this layer's algorithm prepared is kept, so settings that change other layers (or
+        the layout, or the engine) do not make this one fold and reorder its weights again."""
+        if self.stale():
             self.watch()
             self._prepared = {}
             self.weight, self.bias = self.fold()
@@ -135,6 +137,8 @@ class FusedConv(_Folded):
         self.algorithm = settings.algorithm(self.name)
         if self.algorithm not in options + ["torch"]:
             self.algorithm = options[0]
+        if not keep_others:
+            self._prepared = {a: v for a, v in self._prepared.items() if a == self.algorithm}
         self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
         if self.algorithm.startswith("winograd") and self.algorithm not in self._prepared:
             self._prepared[self.algorithm] = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))

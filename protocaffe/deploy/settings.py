@@ -1,10 +1,12 @@
 """How a deployed net runs on this machine: measured once per machine and net, then cached.
 
 :class:`Settings` hold the activations' layout (channels-last or not) and, per
-convolution, its algorithm (:mod:`protocaffe.deploy.ops`). The whole net is timed
-in each layout with the default algorithms, in turns, and the faster layout wins; then
-every convolution with a choice is timed alone on its own input with each algorithm it
-can use, and another than its default kept where it is clearly faster. Where onnxruntime
+convolution, its algorithm (:mod:`protocaffe.deploy.ops`). In each layout, every
+convolution with a choice is timed alone on its own input with each algorithm it can use,
+and another than its default kept where it is clearly faster; then the whole net is timed
+in each layout with its algorithms, in turns, and the faster wins (an algorithm such as
+NNPACK that reads NCHW can make NCHW the faster layout where oneDNN alone preferred NHWC).
+Where onnxruntime
 is installed and can run the net, the chosen plan is then timed against it
 (:mod:`protocaffe.deploy.onnxrt`), in turns, and onnxruntime kept where it is faster by the
 same margin. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
@@ -173,9 +175,9 @@ def choose(deployed, blobs):
         found = table[key]["settings"]
         return Settings(found["channels_last"], tuple(map(tuple, found["algorithms"])), found.get("engine", "torch"))
     start = time.perf_counter()
-    times = measure(deployed, blobs, [Settings(False), Settings(True)])
+    candidates = [Settings(layout, fastest_algorithms(deployed, blobs, layout)) for layout in (False, True)]
+    times = measure(deployed, blobs, candidates)
     chosen = min(times, key=times.get)
-    chosen = Settings(chosen.channels_last, fastest_algorithms(deployed, blobs, chosen.channels_last))
     ms = {("NHWC" if s.channels_last else "NCHW"): t for s, t in times.items()}
     chosen, ms["onnxruntime"] = _against_onnxruntime(deployed, blobs, chosen)
     counts = {a: sum(1 for _, b in chosen.algorithms if b == a) for a in dict(chosen.algorithms).values()}
