@@ -315,10 +315,11 @@ def test_nnpack_convolution_against_float64(kernel, pad):
     assert max_error({"y": y}, {"y": exact})["y"] < 4e-5
 
 
-def test_nnpack_is_offered_for_stride_1_and_one_group_only():
+def test_nnpack_is_offered_for_stride_1_one_group_and_kernels_over_1x1_only():
     strided = text_net(NNPACK.replace("pad_w: %d", "pad_w: %d stride: 2") % (3, 3, 1, 1))
     grouped = text_net(NNPACK.replace("num_output: 8", "num_output: 10 group: 5") % (3, 3, 1, 1))
-    for net in (strided, grouped):
+    pointwise = text_net(NNPACK % (1, 1, 0, 0))
+    for net in (strided, grouped, pointwise):
         assert "nnpack" not in FusedConv(net.layer_by_name()["conv"]).algorithms()
 
 

@@ -34,14 +34,15 @@ GAP = 0.05
 """Seconds idle before each run when torch and onnxruntime are timed in turns: onnxruntime's
 threads spin after a call, and torch's run would be timed against them."""
 MORE_ROUNDS = 12
-LAYER_BUDGET_MS = 100.0
+LAYER_BUDGET_MS = 30.0
 """A convolution's algorithms are timed ROUNDS times each, and again up to MORE_ROUNDS times
 while the layer's measuring has taken less than LAYER_BUDGET_MS: more rounds for the small
 layers, where a single run is most disturbed, at little cost."""
 LONG_RUN_MS = 150.0
-"""Where every candidate's warm-up run took longer than this, one timed run each decides (the
-noise of a long run is small against the differences; VGG-16 at batch 10 took 84 s to measure
-with ROUNDS runs each)."""
+LONG_LAYER_MS = 20.0
+"""Where every candidate's warm-up run took longer than this (a whole net, a layer alone), one
+timed run each decides: the noise of a long run is small against the differences, and
+VGG-16 at batch 10 took 84 s to measure with ROUNDS runs each, ResNet-50 32 s."""
 MARGIN = 0.9
 """A convolution leaves its default algorithm for one measured at most this fraction of its time."""
 
@@ -143,9 +144,10 @@ def measure(deployed, blobs, candidates, rounds=ROUNDS, gap=0.0):
     return best
 
 
-def _rounds(rounds, first):
-    """``rounds``, or one where the warm-up round's runs (``first``) were all long ones."""
-    return 1 if min(first.values()) > LONG_RUN_MS else rounds
+def _rounds(rounds, first, long_ms=None):
+    """``rounds``, or one where the warm-up round's runs (``first``) all took over ``long_ms``
+    (default LONG_RUN_MS)."""
+    return 1 if min(first.values()) > (long_ms or LONG_RUN_MS) else rounds
 
 
 @torch.no_grad()
@@ -162,7 +164,7 @@ def fastest_algorithms(deployed, blobs, channels_last, rounds=ROUNDS):
             continue
         best = dict.fromkeys(options, float("inf"))
         spent, r = 0.0, 0
-        while r <= _rounds(rounds, best) or (r <= MORE_ROUNDS and spent < LAYER_BUDGET_MS):
+        while r <= _rounds(rounds, best, LONG_LAYER_MS) or (r <= MORE_ROUNDS and spent < LAYER_BUDGET_MS):
             for algorithm in options:
                 module.pack(Settings(channels_last, ((module.name, algorithm),)), keep_others=True)
                 ms = _timed(module, *bottoms)  # the first: oneDNN reorders its weights, caches warm
