@@ -6,13 +6,11 @@ convolution with a choice is timed alone on its own input with each algorithm it
 and another than its default kept where it is clearly faster; then the whole net is timed
 in each layout with its algorithms, in turns, and the faster wins (an algorithm such as
 NNPACK that reads NCHW can make NCHW the faster layout where oneDNN alone preferred NHWC).
-Where onnxruntime
-is installed and can run the net, the chosen plan is then timed against it
-(:mod:`protocaffe.deploy.onnxrt`), in turns, and onnxruntime kept where it is faster by the
-same margin. The choice is kept in ``$PROTOCAFFE_CACHE/deploy.json`` (default
-``~/.cache/protocaffe``), keyed by the machine (CPU model and ISA, threads, torch version,
-device) and the net (its layers' parameters, the input shapes, the blobs kept, the engines
-offered), so a later process starts with it at once.
+Where onnxruntime is installed and can run the net, the chosen plan is then timed against
+it (:mod:`protocaffe.deploy.onnxrt`), in turns, and the faster kept. The choice is kept in
+``$PROTOCAFFE_CACHE/deploy.json`` (default ``~/.cache/protocaffe``), keyed by the machine
+(CPU model and ISA, threads, torch version, device) and the net (its layers' parameters, the
+input shapes, the blobs kept, the engines offered), so a later process starts with it at once.
 """
 import hashlib
 import json
@@ -30,6 +28,7 @@ from protocaffe.log import LOGGER as log
 
 ROUNDS = 3
 """Timed runs per candidate (after one warm-up run); the fastest counts."""
+ENGINE_ROUNDS = 7
 GAP = 0.05
 """Seconds idle before each run when torch and onnxruntime are timed in turns: onnxruntime's
 threads spin after a call, and torch's run would be timed against them."""
@@ -207,18 +206,19 @@ def choose(deployed, blobs):
 
 
 def _against_onnxruntime(deployed, blobs, chosen):
-    """``chosen`` or the same on onnxruntime, whichever is faster by the MARGIN (timed in turns),
+    """``chosen`` or the same on onnxruntime, whichever is faster (timed in turns, ENGINE_ROUNDS
+    runs each: both are whole nets that keep their weights, so no margin guards a default),
     and onnxruntime's ms (None where it is not installed, not offered, or cannot run the net)."""
     if "onnxruntime" not in engines() or not onnxrt.offered(deployed, blobs):
         return chosen, None
     ort = replace(chosen, engine="onnxruntime")
     try:
-        times = measure(deployed, blobs, [chosen, ort], gap=GAP)
+        times = measure(deployed, blobs, [chosen, ort], rounds=ENGINE_ROUNDS, gap=GAP)
     except (CaffeError, RuntimeError) as e:  # RuntimeError: onnxruntime's failing run
         log.info("Deployed net %s: %s", deployed.net.param.name or "", e)
         deployed.drop_onnxruntime()
         return chosen, None
-    if times[ort] < MARGIN * times[chosen]:
+    if times[ort] < times[chosen]:
         return ort, times[ort]
     deployed.drop_onnxruntime()
     return chosen, times[ort]
