@@ -394,6 +394,15 @@ def test_onnxruntime_sees_new_weights_and_leaves_other_shapes_to_torch():
     assert_close(out[:1].numpy(), again.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_onnxruntime_is_fed_only_the_inputs_its_outputs_need():
+    pytest.importorskip("onnxruntime")
+    net = text_net(FOLDS[:FOLDS.index('layer { name: "bn"')])  # input x2 feeds nothing
+    inputs = {"x": torch.randn(2, 4, 9, 9), "x2": torch.randn(2, 4, 8, 8)}
+    out = DeployedNet(net, settings=Settings(engine="onnxruntime"))(**inputs)["c"]
+    with torch.no_grad():
+        assert_close(out.numpy(), net.run(inputs)[0]["c"].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_onnxruntime_is_measured_and_kept_only_where_faster(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")
     for faster, engines, expected in [("onnxruntime", "", "onnxruntime"), ("torch", "", "torch"),

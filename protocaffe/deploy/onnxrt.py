@@ -72,7 +72,8 @@ class OrtEngine:
         if self.session is None or self.watch.stale():
             self.watch.note()
             self.session = self._session()
+            self.inputs = [i.name for i in self.session.get_inputs()]  # those the outputs depend on
             log.debug("onnxruntime session made for %s", self.net.param.name or "the net")
-        feed = {n: t.detach().contiguous().numpy() for n, t in blobs.items()}
+        feed = {n: blobs[n].detach().contiguous().numpy() for n in self.inputs}
         out = self.session.run(self.outputs, feed)
         return {n: torch.from_numpy(a) for n, a in zip(self.outputs, out)}
