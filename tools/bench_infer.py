@@ -226,10 +226,11 @@ def main():
         if args.in_process:
             rows = run_nets(args, batches, [name])
         else:
-            argv = [a for a in sys.argv[1:] if not a.startswith("--nets")]
-            if "--nets" in sys.argv:
-                del argv[sys.argv.index("--nets") - 1]  # its value
-            child = subprocess.run([sys.executable, __file__, *argv, "--nets", name, "--rows-only"],
+            argv = ["--nets", name, "--batches", args.batches, "--rounds", str(args.rounds), "--threads",
+                    str(args.threads), "--seed", str(args.seed), "--gap-ms", str(args.gap_ms), "--rows-only"]
+            argv += [flag for flag, on in (("--no-onnx", args.no_onnx), ("--medians", args.medians),
+                                           ("--cpu-time", args.cpu_time)) if on]
+            child = subprocess.run([sys.executable, __file__, *argv],
                                    stdout=subprocess.PIPE, text=True, check=False)
             print("".join(line + "\n" for line in child.stdout.splitlines() if not line.startswith(ROW)),
                   end="", flush=True)

@@ -18,6 +18,7 @@ import importlib.util
 
 import torch
 
+from protocaffe.deploy.ops import Watch
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
 
@@ -47,11 +48,10 @@ class OrtEngine:
     Raises CaffeError where the net has no ONNX form."""
 
     def __init__(self, net, keep, threads):
-        from protocaffe.deploy.ops import Watch
         self.net, self.threads = net, threads
         self.outputs = sorted(keep)
         self.watch = Watch([(layer, n) for layer in net.layer_by_name().values() for n in layer.blob_names])
-        self.session = None
+        self.session, self.inputs = None, []
 
     def _session(self):
         import onnxruntime

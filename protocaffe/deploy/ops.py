@@ -79,11 +79,10 @@ class _Folded(torch.nn.Module):
 
     def watch(self):
         """Note which tensors, where, at which autograd version the packed weights are made from."""
-        self._watched = Watch(self.sources())
         self._watched.note()
 
     def stale(self):
-        return self._watched is None or self._watched.stale()
+        return self._watched.stale()
 
     def affine(self):
         """The composed (scale, shift) of ``self.affines``, in float64."""
@@ -102,7 +101,7 @@ class FusedConv(_Folded):
         super().__init__()
         self.head, self.affines, self.add, self.act = head, list(affines), add, act
         self.name = head.name
-        self._watched = None
+        self._watched = Watch(self.sources())
 
     def layers(self):
         return [self.head] + self.affines
@@ -183,10 +182,14 @@ class FusedConv(_Folded):
         y = y + other
         return y if self.act is None else self.act(y)
 
+    def _overhang(self, shape):
+        """The F.pad of Caffe's zeros past the end for a window larger than an input of ``shape``, or None."""
+        over = self.head.overhang(*shape[2:])
+        return (0, over[1], 0, over[0]) if any(over) else None
+
     def _overhung(self, x):
-        """``x`` with Caffe's zeros past the end for a window larger than the input."""
-        extra = self.head.overhang(*x.shape[2:])
-        return F.pad(x, (0, extra[1], 0, extra[0])) if any(extra) else x
+        extra = self._overhang(x.shape)
+        return x if extra is None else F.pad(x, extra)
 
     def _onednn(self, x, other):
         """oneDNN's convolution, its weights reordered on the first call for each input shape
@@ -196,12 +199,11 @@ class FusedConv(_Folded):
         if shape != x.shape:
             head = self.head
             args = (list(head.pad), list(head.stride), list(head.dilation), head.group)
-            over = head.overhang(*x.shape[2:])
-            extra = (0, over[1], 0, over[0]) if any(over) else None
-            padded = list(x.shape[:2]) + [n + e for n, e in zip(x.shape[2:], over)]
-            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, padded)
-            self._prepared["onednn"] = shape, weight, args, extra = x.shape, weight, args, extra
-        if extra is not None:  # Caffe's zeros past the end for a window larger than the input
+            shape, extra = x.shape, self._overhang(x.shape)
+            padded = self._overhung(x).shape
+            weight = torch.ops.mkldnn._reorder_convolution_weight(self.weight, *args, list(padded))
+            self._prepared["onednn"] = shape, weight, args, extra
+        if extra is not None:
             x = F.pad(x, extra)
         attr, scalars = self.attr
         if other is None:
@@ -217,7 +219,7 @@ class FusedAffine(_Folded):
         super().__init__()
         self.affines = list(affines)
         self.name = self.affines[0].name
-        self._watched = None
+        self._watched = Watch(self.sources())
 
     def layers(self):
         return self.affines

@@ -29,6 +29,7 @@ from protocaffe.log import LOGGER as log
 ROUNDS = 3
 """Timed runs per candidate (after one warm-up run); the fastest counts."""
 ENGINE_ROUNDS = 7
+"""Timed runs each when the torch plan and onnxruntime are compared (no margin there)."""
 GAP = 0.05
 """Seconds idle before each run when torch and onnxruntime are timed in turns: onnxruntime's
 threads spin after a call, and torch's run would be timed against them."""
@@ -131,22 +132,27 @@ def _timed(fn, *args):
 def measure(deployed, blobs, candidates, rounds=ROUNDS, gap=0.0):
     """{settings: best ms of the whole net}, the candidates taking turns, each run after ``gap``
     seconds of idling (for the threads an engine leaves spinning)."""
-    best = {s: float("inf") for s in candidates}
-    r = 0
-    while r <= _rounds(rounds, best):
-        for s in candidates:
-            deployed.refresh(s)
-            time.sleep(gap)
-            ms = _timed(deployed.body, dict(blobs), s)
-            best[s] = min(best[s], ms) if r else ms
-        r += 1
+    first = _round(deployed, blobs, candidates, gap)  # warm-up
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(_rounds(rounds, first, LONG_RUN_MS)):
+        for s, ms in _round(deployed, blobs, candidates, gap).items():
+            best[s] = min(best[s], ms)
     return best
 
 
-def _rounds(rounds, first, long_ms=None):
-    """``rounds``, or one where the warm-up round's runs (``first``) all took over ``long_ms``
-    (default LONG_RUN_MS)."""
-    return 1 if min(first.values()) > (long_ms or LONG_RUN_MS) else rounds
+def _round(deployed, blobs, candidates, gap):
+    """{settings: ms}: the whole net run once with each candidate, in turn."""
+    out = {}
+    for s in candidates:
+        deployed.refresh(s)
+        time.sleep(gap)
+        out[s] = _timed(deployed.body, dict(blobs), s)
+    return out
+
+
+def _rounds(rounds, first, long_ms):
+    """``rounds``, or one where the warm-up runs (``first``) all took over ``long_ms``."""
+    return 1 if min(first.values()) > long_ms else rounds
 
 
 @torch.no_grad()
@@ -161,14 +167,16 @@ def fastest_algorithms(deployed, blobs, channels_last, rounds=ROUNDS):
         options = module.algorithms()
         if len(options) < 2:
             continue
-        best = dict.fromkeys(options, float("inf"))
-        spent, r = 0.0, 0
-        while r <= _rounds(rounds, best, LONG_LAYER_MS) or (r <= MORE_ROUNDS and spent < LAYER_BUDGET_MS):
+        def run(algorithm):
+            module.pack(Settings(channels_last, ((module.name, algorithm),)), keep_others=True)
+            return _timed(module, *bottoms)
+
+        first = {a: run(a) for a in options}  # warm-up: oneDNN reorders its weights, caches warm
+        best, spent, r = dict.fromkeys(options, float("inf")), sum(first.values()), 0
+        while r < _rounds(rounds, first, LONG_LAYER_MS) or (r < MORE_ROUNDS and spent < LAYER_BUDGET_MS):
             for algorithm in options:
-                module.pack(Settings(channels_last, ((module.name, algorithm),)), keep_others=True)
-                ms = _timed(module, *bottoms)  # the first: oneDNN reorders its weights, caches warm
-                best[algorithm] = min(best[algorithm], ms) if r else ms
-                spent += ms
+                ms = run(algorithm)
+                best[algorithm], spent = min(best[algorithm], ms), spent + ms
             r += 1
         fastest = min(best, key=best.get)
         if best[fastest] < MARGIN * best[options[0]]:
