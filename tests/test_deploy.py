@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import protocaffe as caffe
 from conftest import GOLDEN, assert_close
 from protocaffe import net as netlib
-from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, winograd
+from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, split, winograd
 from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.fileio import parse_text
 from protocaffe.layer_types.base import LAYERS, Layer
@@ -108,6 +108,30 @@ def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
     errors = max_error(blobs, exact64(net, {"data": data}))
     bound = 4e-5 if {"winograd4", "nnpack"} & set(way) else FLOAT32
     assert max(errors.values()) < bound, errors
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_golden_net_with_inner_products_split_gives_caffes_blobs(parts, monkeypatch):
+    monkeypatch.setattr(split, "parts", lambda: parts)
+    ref = np.load(NETS / "slim_caffenet.npz")
+    net = netlib.build_net(str(NETS / "slim_caffenet_deploy.prototxt"), caffe.TEST,
+                           weights=str(NETS / "slim_caffenet.caffemodel"))
+    settings = every(net, False, "onednn", fc6="split", fc7="split", fc8="split")
+    deployed = DeployedNet(net, keep=net.blob_shapes, settings=settings)
+    blobs = deployed(data=torch.from_numpy(ref["blob_data"]))
+    ips = [m for m in deployed.fused if m.head.type == "InnerProduct"]
+    assert [(m.algorithm, m._prepared["split"].weight.shape[0]) for m in ips] == [("split", parts)] * 3
+    for blob, value in blobs.items():
+        assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
+
+
+def test_split_is_offered_with_more_than_one_thread(monkeypatch):
+    net = text_net(INNER % (1, "false"))
+    deployed = DeployedNet(net, settings=Settings())
+    ip = next(m for m in deployed.fused if m.head.type == "InnerProduct")
+    for parts, offered in [(1, ["onednn", "torch"]), (2, ["onednn", "torch", "split"])]:
+        monkeypatch.setattr(split, "parts", lambda: parts)
+        assert ip.algorithms() == offered
 
 
 def test_golden_net_in_eval_mode_takes_the_fast_path():
@@ -288,6 +312,11 @@ def test_winograd_convolution_against_float64(m, bound, shape, pad):
     assert float((y.double() - reference).abs().max() / reference.abs().max()) < bound
     y_last = winograd.Winograd(w, pad, m)(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(y_last, y, rtol=0, atol=0)
+    bias = torch.randn(32, generator=gen)
+    for b, relu in [(bias, False), (bias, True), (None, True)]:  # the epilogue written with the blocks
+        expected = y + (0 if b is None else b.view(1, -1, 1, 1))
+        expected = expected.relu() if relu else expected
+        torch.testing.assert_close(winograd.Winograd(w, pad, m)(x, b, relu), expected, rtol=0, atol=1e-6)
 
 
 # ---- NNPACK ------------------------------------------------------------------------------------
@@ -340,8 +369,9 @@ layer { name: "tanh" type: "TanH" bottom: "t" top: "t" }
 
 
 @pytest.mark.parametrize("axis, transpose", [(1, "false"), (2, "true"), (3, "false")])
-@pytest.mark.parametrize("algorithm", ["onednn", "torch"])
-def test_inner_products_with_sums_and_activations_against_float64(axis, transpose, algorithm):
+@pytest.mark.parametrize("algorithm", ["onednn", "torch", "split"])
+def test_inner_products_with_sums_and_activations_against_float64(axis, transpose, algorithm, monkeypatch):
+    monkeypatch.setattr(split, "parts", lambda: 3)  # 7 and 6 outputs: blocks padded with zero rows
     net = text_net(INNER % (axis, transpose))
     gen = torch.Generator().manual_seed(axis)
     inputs = {"x": torch.randn(2, 3, 4, 5, generator=gen), "z": torch.randn(2, 3, 4, 7, generator=gen)}

@@ -21,6 +21,7 @@ import torch
 from protocaffe.deploy.ops import Watch
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
+from protocaffe.speed import release_freed_memory
 
 
 def available():
@@ -72,6 +73,7 @@ class OrtEngine:
         if self.session is None or self.watch.stale():
             self.watch.note()
             self.session = self._session()
+            release_freed_memory()  # the exported model's bytes, copied into the session
             self.inputs = [i.name for i in self.session.get_inputs()]  # those the outputs depend on
             log.debug("onnxruntime session made for %s", self.net.param.name or "the net")
         feed = {n: blobs[n].detach().contiguous().numpy() for n in self.inputs}

@@ -23,7 +23,7 @@ from protocaffe.deploy import folding, onnxrt
 from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.deploy.settings import choose
 from protocaffe.proto import caffe_pb2
-from protocaffe.speed import keep_freed_memory
+from protocaffe.speed import keep_freed_memory, release_freed_memory
 
 SUM = caffe_pb2.EltwiseParameter.SUM
 
@@ -214,8 +214,10 @@ class DeployedNet:
         return out
 
     def drop_onnxruntime(self):
-        """Let go of the onnxruntime session (and its copy of the weights)."""
-        self._ort = None
+        """Let go of the onnxruntime session (and its copy of the weights), and hand the memory back."""
+        if self._ort is not None:
+            self._ort = None
+            release_freed_memory()
 
     @staticmethod
     def _layout(t, settings):

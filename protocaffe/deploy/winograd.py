@@ -50,8 +50,8 @@ def fits(layer):
 class Winograd:
     """A 3x3 convolution with weight (K, C, 3, 3), ``pad`` (ph, pw), output blocks of ``m``.
 
-    ``conv(x)``: x (N, C, H, W) in any memory layout -> (N, K, H + 2 ph - 2, W + 2 pw - 2),
-    channels-last, before the bias."""
+    ``conv(x[, bias, relu])``: x (N, C, H, W) in any memory layout -> (N, K, H + 2 ph - 2,
+    W + 2 pw - 2), channels-last."""
 
     def __init__(self, weight, pad, m):
         bt, g, at = TRANSFORMS[m]
@@ -62,7 +62,9 @@ class Winograd:
         self.bt = torch.kron(bt, bt).float()
         self.at = torch.kron(at, at).float()
 
-    def __call__(self, x):
+    def __call__(self, x, bias=None, relu=False):
+        """The convolution of ``x``, plus ``bias`` (K,) and then ReLU where given, written
+        with the blocks' scatter into the output (no pass of its own)."""
         n, c, h, w = x.shape
         m, a, (ph, pw) = self.m, self.a, self.pad
         out_h, out_w = h + 2 * ph - 2, w + 2 * pw - 2
@@ -72,6 +74,15 @@ class Winograd:
         tiles = padded.as_strided((a, a, n, th, tw, c), (sh, sw, sn, m * sh, m * sw, sc)).reshape(a * a, -1)
         v = (self.bt @ tiles).view(a * a, n * th * tw, c)
         k = self.u.shape[2]
-        y = (self.at @ torch.bmm(v, self.u).view(a * a, -1)).view(m, m, n, th, tw, k)
-        y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, m * th, m * tw, k)[:, :out_h, :out_w]
-        return y.permute(0, 3, 1, 2)
+        y = (self.at @ torch.bmm(v, self.u).view(a * a, -1)).view(m, m, n, th, tw, k).permute(2, 3, 0, 4, 1, 5)
+        out = torch.empty(n, m * th, m * tw, k, dtype=y.dtype)
+        blocks = out.view(n, th, m, tw, m, k)
+        if bias is None:
+            blocks.copy_(y)
+            if relu:
+                out.relu_()
+        elif relu:
+            torch.ops.aten._add_relu(y, bias, out=blocks)
+        else:
+            torch.add(y, bias, out=blocks)
+        return out[:, :out_h, :out_w].permute(0, 3, 1, 2)
