@@ -13,8 +13,10 @@ measured faster, to about 1e-5 of the output's scale).
   convolution or inner product before them and fuses sums and activations; the runner.
 - :mod:`~protocaffe.deploy.folding`: the tables, keyed by layer type, of what folds and
   fuses; a fork's or plugin's layer type registers there.
-- :mod:`~protocaffe.deploy.ops`: the fused ops and the algorithms a convolution can run by.
+- :mod:`~protocaffe.deploy.ops`: the fused ops and the algorithms a convolution or
+  InnerProduct can run by.
 - :mod:`~protocaffe.deploy.winograd`: 3x3 convolutions by Winograd's minimal filtering.
+- :mod:`~protocaffe.deploy.split`: an InnerProduct's rows in blocks, one per thread.
 - :mod:`~protocaffe.deploy.onnxrt`: onnxruntime as a second engine, on the net's ONNX form.
 - :mod:`~protocaffe.deploy.settings`: layout, algorithms and engine, measured per machine
   and net on the first call and cached.

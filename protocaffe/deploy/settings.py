@@ -1,8 +1,8 @@
 """How a deployed net runs on this machine: measured once per machine and net, then cached.
 
 :class:`Settings` hold the activations' layout (channels-last or not) and, per
-convolution, its algorithm (:mod:`protocaffe.deploy.ops`). In each layout, every
-convolution with a choice is timed alone on its own input with each algorithm it can use,
+convolution and InnerProduct, its algorithm (:mod:`protocaffe.deploy.ops`). In each layout,
+every such layer with a choice is timed alone on its own input with each algorithm it can use,
 and another than its default kept where it is clearly faster; then the whole net is timed
 in each layout with its algorithms, in turns, and the faster wins (an algorithm such as
 NNPACK that reads NCHW can make NCHW the faster layout where oneDNN alone preferred NHWC).
@@ -38,7 +38,7 @@ GAP = 0.05
 threads spin after a call, and torch's run would be timed against them."""
 MORE_ROUNDS = 12
 LAYER_BUDGET_MS = 30.0
-"""A convolution's algorithms are timed ROUNDS times each, and again up to MORE_ROUNDS times
+"""A layer's algorithms are timed ROUNDS times each, and again up to MORE_ROUNDS times
 while the layer's measuring has taken less than LAYER_BUDGET_MS: more rounds for the small
 layers, where a single run is most disturbed, at little cost."""
 LONG_RUN_MS = 150.0
@@ -47,13 +47,13 @@ LONG_LAYER_MS = 20.0
 timed run each decides: the noise of a long run is small against the differences, and
 VGG-16 at batch 10 took 84 s to measure with ROUNDS runs each, ResNet-50 32 s."""
 MARGIN = 0.9
-"""A convolution leaves its default algorithm for one measured at most this fraction of its time."""
+"""A layer leaves its default algorithm for one measured at most this fraction of its time."""
 
 
 @dataclass(frozen=True)
 class Settings:
     """How a deployed net runs: 4-d activations channels-last or not, (layer name, algorithm)
-    pairs for the convolutions not computed by their default algorithm, and the engine: the
+    pairs for the convolutions and InnerProducts not computed by their default algorithm, and the engine: the
     plan in torch, or onnxruntime (:mod:`protocaffe.deploy.onnxrt`) on the net's ONNX form."""
     channels_last: bool = False
     algorithms: tuple = ()
@@ -102,10 +102,15 @@ def engines():
     return tuple(named) or ENGINES
 
 
+CHOICES = 2
+"""The version of what is measured: raised when an algorithm or engine joins, so cached
+settings measured without it are measured again (2: InnerProducts split in row blocks)."""
+
+
 def _net_key(deployed, blobs):
     text = "".join(str(layer.param) for layer in deployed.net.layer_by_name().values())
     shapes = sorted((n, tuple(t.shape), str(t.dtype)) for n, t in blobs.items())
-    return hashlib.sha1(f"{text}{shapes}{sorted(deployed.keep)}{engines()}".encode()).hexdigest()
+    return hashlib.sha1(f"{text}{shapes}{sorted(deployed.keep)}{engines()}{CHOICES}".encode()).hexdigest()
 
 
 def _read(path):
@@ -161,7 +166,7 @@ def _rounds(rounds, first, long_ms):
 
 @torch.no_grad()
 def fastest_algorithms(deployed, blobs, channels_last, rounds=ROUNDS):
-    """(layer name, algorithm) for each convolution where another algorithm than its default
+    """(layer name, algorithm) for each convolution or InnerProduct where another algorithm than its default
     is faster by the MARGIN, each timed alone on its own input, the algorithms in turns."""
     base = Settings(channels_last)
     inputs = {}
@@ -207,7 +212,7 @@ def choose(deployed, blobs):
     counts = {a: sum(1 for _, b in chosen.algorithms if b == a) for a in dict(chosen.algorithms).values()}
     log.info("Deployed net %s on %s: %s (measured in %.1f s: %s)", deployed.net.param.name or "", where,
              "onnxruntime" if chosen.engine == "onnxruntime" else
-             f"{'NHWC' if chosen.channels_last else 'NCHW'} activations, convolutions by "
+             f"{'NHWC' if chosen.channels_last else 'NCHW'} activations, layers by "
              + (", ".join(f"{a} {n}" for a, n in sorted(counts.items())) or "their defaults"),
              time.perf_counter() - start, ", ".join(f"{k} {v:.3g} ms" for k, v in ms.items() if v is not None))
     table = _read(path)
