@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import protocaffe as caffe
 from conftest import GOLDEN, assert_close
 from protocaffe import net as netlib
-from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, split, winograd
+from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, blocks, winograd
 from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.fileio import parse_text
 from protocaffe.layer_types.base import LAYERS, Layer
@@ -111,26 +111,26 @@ def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
 
 
 @pytest.mark.parametrize("parts", [2, 3])
-def test_golden_net_with_inner_products_split_gives_caffes_blobs(parts, monkeypatch):
-    monkeypatch.setattr(split, "parts", lambda: parts)
+def test_golden_net_with_inner_products_in_row_blocks_gives_caffes_blobs(parts, monkeypatch):
+    monkeypatch.setattr(blocks, "parts", lambda: parts)
     ref = np.load(NETS / "slim_caffenet.npz")
     net = netlib.build_net(str(NETS / "slim_caffenet_deploy.prototxt"), caffe.TEST,
                            weights=str(NETS / "slim_caffenet.caffemodel"))
-    settings = every(net, False, "onednn", fc6="split", fc7="split", fc8="split")
+    settings = every(net, False, "onednn", fc6="blocks", fc7="blocks", fc8="blocks")
     deployed = DeployedNet(net, keep=net.blob_shapes, settings=settings)
     blobs = deployed(data=torch.from_numpy(ref["blob_data"]))
     ips = [m for m in deployed.fused if m.head.type == "InnerProduct"]
-    assert [(m.algorithm, m._prepared["split"].weight.shape[0]) for m in ips] == [("split", parts)] * 3
+    assert [(m.algorithm, m._prepared["blocks"].weight.shape[0]) for m in ips] == [("blocks", parts)] * 3
     for blob, value in blobs.items():
         assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
 
 
-def test_split_is_offered_with_more_than_one_thread(monkeypatch):
+def test_row_blocks_are_offered_with_more_than_one_thread(monkeypatch):
     net = text_net(INNER % (1, "false"))
     deployed = DeployedNet(net, settings=Settings())
     ip = next(m for m in deployed.fused if m.head.type == "InnerProduct")
-    for parts, offered in [(1, ["onednn", "torch"]), (2, ["onednn", "torch", "split"])]:
-        monkeypatch.setattr(split, "parts", lambda: parts)
+    for parts, offered in [(1, ["onednn", "torch"]), (2, ["onednn", "torch", "blocks"])]:
+        monkeypatch.setattr(blocks, "parts", lambda: parts)
         assert ip.algorithms() == offered
 
 
@@ -369,9 +369,9 @@ layer { name: "tanh" type: "TanH" bottom: "t" top: "t" }
 
 
 @pytest.mark.parametrize("axis, transpose", [(1, "false"), (2, "true"), (3, "false")])
-@pytest.mark.parametrize("algorithm", ["onednn", "torch", "split"])
+@pytest.mark.parametrize("algorithm", ["onednn", "torch", "blocks"])
 def test_inner_products_with_sums_and_activations_against_float64(axis, transpose, algorithm, monkeypatch):
-    monkeypatch.setattr(split, "parts", lambda: 3)  # 7 and 6 outputs: blocks padded with zero rows
+    monkeypatch.setattr(blocks, "parts", lambda: 3)  # 7 and 6 outputs: blocks padded with zero rows
     net = text_net(INNER % (axis, transpose))
     gen = torch.Generator().manual_seed(axis)
     inputs = {"x": torch.randn(2, 3, 4, 5, generator=gen), "z": torch.randn(2, 3, 4, 7, generator=gen)}

@@ -13,8 +13,8 @@ A :class:`FusedConv` computes its convolution by one of these algorithms:
 - ``winograd2``, ``winograd4``: Winograd's F(2x2, 3x3) or F(4x4, 3x3) on the CPU
   (:mod:`protocaffe.deploy.winograd`; 3x3, stride 1, one group), where measured faster
   (:mod:`protocaffe.deploy.settings`);
-- ``split``: an InnerProduct as a batched product over blocks of its weight's rows, one
-  block per thread (:mod:`protocaffe.deploy.split`), where measured faster;
+- ``blocks``: an InnerProduct as a batched product over blocks of its weight's rows, one
+  block per thread (:mod:`protocaffe.deploy.blocks`), where measured faster;
 - ``nnpack``: NNPACK's convolution (Winograd F(6x6, 3x3) for 3x3 kernels, Fourier transforms
   for larger ones) where torch has it, for 2-d convolutions with stride 1 and one group on the
   CPU, where measured faster (on the AMD EPYC Zen 3 this was measured on: VGG-16's first
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from protocaffe.deploy import folding, split, winograd
+from protocaffe.deploy import blocks, folding, winograd
 
 
 def onednn_available(device):
@@ -121,7 +121,7 @@ class FusedConv(_Folded):
         if not onednn_available(head.weight.device) or head.weight.dtype != torch.float32:
             return ["torch"]
         if head.type == "InnerProduct":
-            return ["onednn", "torch"] + (["split"] if split.parts() > 1 else [])
+            return ["onednn", "torch"] + (["blocks"] if blocks.parts() > 1 else [])
         if not (head.type == "Convolution" and len(head.kernel) == 2):
             return ["torch"]
         return (["onednn"] + (["winograd2", "winograd4"] if winograd.fits(head) else [])
@@ -148,15 +148,15 @@ class FusedConv(_Folded):
             self._prepared[self.algorithm] = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))
         self.winograd = self._prepared.get(self.algorithm) if self.algorithm.startswith("winograd") else None
         self.torch_weight = self.weight
-        if self.algorithm in ("onednn", "split") and self.head.type == "InnerProduct":  # (num_output, K)
+        if self.algorithm in ("onednn", "blocks") and self.head.type == "InnerProduct":  # (num_output, K)
             self.torch_weight = (self.weight.t() if self.head.transpose else self.weight).contiguous()
-        if self.algorithm == "split" and "split" not in self._prepared:
-            self._prepared["split"] = split.Split(self.torch_weight, self.bias, split.parts())
+        if self.algorithm == "blocks" and "blocks" not in self._prepared:
+            self._prepared["blocks"] = blocks.RowBlocks(self.torch_weight, self.bias, blocks.parts())
         if self.algorithm == "torch" and settings.channels_last and self.weight.dim() == 4:
             self.torch_weight = self.weight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x, other=None):
-        if self.algorithm in ("onednn", "split"):
+        if self.algorithm in ("onednn", "blocks"):
             return self._onednn(x, other) if self.head.type == "Convolution" else self._linear(x, other)
         if self.winograd is not None:
             if other is None and self.attr[0] == "relu":
@@ -175,12 +175,12 @@ class FusedConv(_Folded):
         return y if self.act is None else self.act(y)
 
     def _linear(self, x, other):
-        """An InnerProduct by oneDNN (the activation a post-op unless a sum comes first) or split
-        among the threads: everything from the layer's axis on flattened."""
+        """An InnerProduct by oneDNN (the activation a post-op unless a sum comes first) or in row
+        blocks, one per thread: everything from the layer's axis on flattened."""
         x = x.flatten(self.head.axis) if self.head.axis < x.dim() - 1 else x
         rows = x.reshape(-1, x.shape[-1])
-        if self.algorithm == "split":
-            y, attr = self._prepared["split"](rows), "none"
+        if self.algorithm == "blocks":
+            y, attr = self._prepared["blocks"](rows), "none"
         else:
             attr, scalars = self.attr if other is None else ("none", [])
             y = torch.ops.mkldnn._linear_pointwise(rows, self.torch_weight, self.bias, attr, scalars, "")

@@ -104,7 +104,7 @@ def engines():
 
 CHOICES = 2
 """The version of what is measured: raised when an algorithm or engine joins, so cached
-settings measured without it are measured again (2: InnerProducts split in row blocks)."""
+settings measured without it are measured again (2: InnerProducts in row blocks)."""
 
 
 def _net_key(deployed, blobs):

@@ -16,13 +16,13 @@ draw in full."""
 
 
 def parts():
-    """The blocks a split product uses: one per intra-op thread, at most MAX_PARTS."""
+    """The blocks a product in row blocks uses: one per intra-op thread, at most MAX_PARTS."""
     return min(torch.get_num_threads(), MAX_PARTS)
 
 
-class Split:
+class RowBlocks:
     """``weight`` (N, K) and ``bias`` (N,) or None in ``parts`` blocks of rows (N padded with
-    zero rows to a multiple of ``parts``). ``split(x)``: x (M, K) -> (M, N)."""
+    zero rows to a multiple of ``parts``). ``blocks(x)``: x (M, K) -> (M, N)."""
 
     def __init__(self, weight, bias, parts):
         self.n = weight.shape[0]
