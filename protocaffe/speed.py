@@ -156,9 +156,8 @@ def keep_freed_memory():
     (M_MMAP_MAX 0, M_TRIM_THRESHOLD max): fc6's 150 MB gradient is then reused each
     iteration instead of mapped afresh and faulted in page by page. Once per process;
     a no-op where the C library is not glibc. Returns whether it applied."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        libc = _libc()
         return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2 ** 31 - 1))
     except (OSError, AttributeError, TypeError):
         return False
@@ -169,9 +168,14 @@ def release_freed_memory():
     elsewhere): after a large one-off use, such as onnxruntime's session measured and dropped,
     which :func:`keep_freed_memory` would otherwise keep for the process (VGG-16: 2.5 GB)."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError, TypeError):
         pass
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 SMALL_BATCH = 32

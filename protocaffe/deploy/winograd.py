@@ -77,10 +77,10 @@ class Winograd:
         y = (self.at @ torch.bmm(v, self.u).view(a * a, -1)).view(m, m, n, th, tw, k).permute(2, 3, 0, 4, 1, 5)
         out = torch.empty(n, m * th, m * tw, k, dtype=y.dtype)
         blocks = out.view(n, th, m, tw, m, k)
-        if bias is None:
+        if bias is None and relu:
+            torch.clamp(y, min=0, out=blocks)
+        elif bias is None:
             blocks.copy_(y)
-            if relu:
-                out.relu_()
         elif relu:
             torch.ops.aten._add_relu(y, bias, out=blocks)
         else:
