@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import protocaffe as caffe
 from conftest import GOLDEN, assert_close
 from protocaffe import net as netlib
-from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, blocks, winograd
+from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, blocks, native, winograd
 from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.fileio import parse_text
 from protocaffe.layer_types.base import LAYERS, Layer
@@ -90,10 +90,13 @@ def fused_types(deployed):
                                             ("slim_caffenet", "slim_caffenet_deploy.prototxt"),
                                             ("slim_caffenet", "slim_caffenet_v1.prototxt")])
 @pytest.mark.parametrize("way", WAYS + [(True, "onednn", "winograd2"), (False, "torch", "winograd4"),
-                                        (True, "onednn", "nnpack"), (False, "onednn", "nnpack")])
+                                        (True, "onednn", "nnpack"), (False, "onednn", "nnpack"),
+                                        (True, "onednn", "native4"), (False, "torch", "native4")])
 def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
     if "nnpack" in way and not torch._nnpack_available():
         pytest.skip("this torch has no NNPACK for this CPU")
+    if "native4" in way and native.library() is None:
+        pytest.skip("no C compiler with OpenMP here to build the compiled Winograd")
     ref = np.load(NETS / f"{name}.npz")
     weights = NETS / ("slim_caffenet_v1.caffemodel" if "v1" in prototxt else f"{name}.caffemodel")
     net = netlib.build_net(str(NETS / prototxt), caffe.TEST, weights=str(weights))
@@ -106,7 +109,7 @@ def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
     for blob, value in blobs.items():
         assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
     errors = max_error(blobs, exact64(net, {"data": data}))
-    bound = 4e-5 if {"winograd4", "nnpack"} & set(way) else FLOAT32
+    bound = 4e-5 if {"winograd4", "native4", "nnpack"} & set(way) else FLOAT32
     assert max(errors.values()) < bound, errors
 
 
@@ -317,6 +320,91 @@ def test_winograd_convolution_against_float64(m, bound, shape, pad):
         expected = y + (0 if b is None else b.view(1, -1, 1, 1))
         expected = expected.relu() if relu else expected
         torch.testing.assert_close(winograd.Winograd(w, pad, m)(x, b, relu), expected, rtol=0, atol=1e-6)
+
+
+# ---- Winograd, compiled ------------------------------------------------------------------
+
+needs_compiler = pytest.mark.skipif(native.library() is None,
+                                    reason="no C compiler with OpenMP here to build the compiled Winograd")
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape, k, pad", [((1, 64, 14, 14), 32, (1, 1)), ((2, 16, 11, 7), 24, (1, 0)),
+                                           ((1, 8, 9, 10), 16, (2, 2)), ((3, 256, 6, 5), 40, (0, 1)),
+                                           ((1, 32, 37, 29), 48, (1, 1))])
+def test_compiled_winograd_against_float64(shape, k, pad):
+    gen = torch.Generator().manual_seed(shape[1])
+    x = torch.randn(shape, generator=gen)
+    w = torch.randn((k, shape[1], 3, 3), generator=gen) / (9 * shape[1]) ** 0.5
+    bias = torch.randn(k, generator=gen)
+    reference = F.conv2d(x.double(), w.double(), padding=pad)
+    conv = native.NativeWinograd(w, pad)
+    y = conv(x)
+    assert y.shape == reference.shape
+    assert float((y.double() - reference).abs().max() / reference.abs().max()) < 2e-5
+    torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), y, rtol=0, atol=0)
+    for b, relu in [(bias, False), (bias, True), (None, True)]:
+        expected = y + (0 if b is None else b.view(1, -1, 1, 1))
+        torch.testing.assert_close(conv(x, b, relu), expected.relu() if relu else expected, rtol=0, atol=1e-6)
+
+
+@needs_compiler
+def test_compiled_winograd_runs_on_any_number_of_threads():
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn((2, 24, 30, 26), generator=gen), torch.randn((32, 24, 3, 3), generator=gen)
+    conv, threads = native.NativeWinograd(w, (1, 1)), torch.get_num_threads()
+    try:
+        outputs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outputs.append(conv(x))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+@needs_compiler
+def test_compiled_winograd_is_offered_only_where_it_fits():
+    net = text_net(NNPACK.replace("dim: 5", "dim: 16") % (3, 3, 1, 1))
+    assert native.fits(net.layer_by_name()["conv"])
+    for channels, kernel in [(5, (3, 3)), (16, (3, 5))]:
+        net = text_net(NNPACK.replace("dim: 5", f"dim: {channels}") % (*kernel, 1, 1))
+        assert not native.fits(net.layer_by_name()["conv"])
+    net = text_net(NNPACK.replace("dim: 5", "dim: 16").replace("num_output: 8", "num_output: 12") % (3, 3, 1, 1))
+    assert not native.fits(net.layer_by_name()["conv"])  # output channels: not a multiple of 8
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """native.library() built anew, its cache in ``tmp_path``; as it was afterwards."""
+    monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    native.library.cache_clear()
+    yield tmp_path
+    native.library.cache_clear()
+
+
+def test_without_a_compiler_the_compiled_winograd_is_not_offered(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh_library / "no-such-compiler"))
+    assert native.library() is None
+    net = text_net(NNPACK.replace("dim: 5", "dim: 16") % (3, 3, 1, 1))
+    deployed = DeployedNet(net, settings=Settings())
+    assert "native4" not in deployed.fused[0].algorithms()
+    assert "winograd4" in deployed.fused[0].algorithms()
+    assert not list(fresh_library.rglob("*.so")) and not list(fresh_library.rglob("*.tmp"))
+
+
+@needs_compiler
+def test_the_compiled_winograd_is_built_once_per_machine(fresh_library, monkeypatch):
+    builds = []
+    build = native._compile
+    monkeypatch.setattr(native, "_compile", lambda *args: builds.append(args) or build(*args))
+    assert native.library() is not None
+    built = list(fresh_library.glob("winograd_kernel-*.so"))
+    assert len(builds) == 1 and len(built) == 1 and not list(fresh_library.glob("*.tmp"))
+    native.library.cache_clear()  # as in a new process
+    assert native.library() is not None
+    assert len(builds) == 1 and list(fresh_library.glob("winograd_kernel-*.so")) == built
 
 
 # ---- NNPACK ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ measured faster, to about 1e-5 of the output's scale).
 - :mod:`~protocaffe.deploy.ops`: the fused ops and the algorithms a convolution or
   InnerProduct can run by.
 - :mod:`~protocaffe.deploy.winograd`: 3x3 convolutions by Winograd's minimal filtering.
+- :mod:`~protocaffe.deploy.native`: the same as one compiled pass, built on the machine.
 - :mod:`~protocaffe.deploy.blocks`: an InnerProduct's rows in blocks, one per thread.
 - :mod:`~protocaffe.deploy.onnxrt`: onnxruntime as a second engine, on the net's ONNX form.
 - :mod:`~protocaffe.deploy.settings`: layout, algorithms and engine, measured per machine

@@ -13,6 +13,10 @@ A :class:`FusedConv` computes its convolution by one of these algorithms:
 - ``winograd2``, ``winograd4``: Winograd's F(2x2, 3x3) or F(4x4, 3x3) on the CPU
   (:mod:`protocaffe.deploy.winograd`; 3x3, stride 1, one group), where measured faster
   (:mod:`protocaffe.deploy.settings`);
+- ``native4``: the same F(4x4, 3x3) as one compiled pass over the image, each block of
+  tiles transformed, multiplied and transformed back in the core's cache
+  (:mod:`protocaffe.deploy.native`; channels in and out a multiple of 8), where a C
+  compiler is at hand and it is measured faster;
 - ``blocks``: an InnerProduct as a batched product over blocks of its weight's rows, one
   block per thread (:mod:`protocaffe.deploy.blocks`), where measured faster;
 - ``nnpack``: NNPACK's convolution (Winograd F(6x6, 3x3) for 3x3 kernels, Fourier transforms
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from protocaffe.deploy import blocks, folding, winograd
+from protocaffe.deploy import blocks, folding, native, winograd
 
 
 def onednn_available(device):
@@ -125,7 +129,7 @@ class FusedConv(_Folded):
         if not (head.type == "Convolution" and len(head.kernel) == 2):
             return ["torch"]
         return (["onednn"] + (["winograd2", "winograd4"] if winograd.fits(head) else [])
-                + (["nnpack"] if nnpack_fits(head) else []))
+                + (["native4"] if native.fits(head) else []) + (["nnpack"] if nnpack_fits(head) else []))
 
     def pack(self, settings, keep_others=False):
         """Fold, and get ready to run by the algorithm ``settings`` name for this layer (else the
@@ -146,7 +150,10 @@ class FusedConv(_Folded):
         self.attr = folding.ACTIVATIONS[self.act.type](self.act) if self.act is not None else ("none", [])
         if self.algorithm.startswith("winograd") and self.algorithm not in self._prepared:
             self._prepared[self.algorithm] = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))
-        self.winograd = self._prepared.get(self.algorithm) if self.algorithm.startswith("winograd") else None
+        if self.algorithm == "native4" and self.algorithm not in self._prepared:
+            self._prepared[self.algorithm] = native.NativeWinograd(self.weight, self.head.pad)
+        self.winograd = (self._prepared.get(self.algorithm)
+                         if self.algorithm.startswith(("winograd", "native")) else None)
         self.torch_weight = self.weight
         if self.algorithm in ("onednn", "blocks") and self.head.type == "InnerProduct":  # (num_output, K)
             self.torch_weight = (self.weight.t() if self.head.transpose else self.weight).contiguous()

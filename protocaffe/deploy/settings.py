@@ -104,9 +104,10 @@ def engines():
     return tuple(named) or ENGINES
 
 
-CHOICES = 2
+CHOICES = 3
 """The version of what is measured: raised when an algorithm or engine joins, so cached
-settings measured without it are measured again (2: InnerProducts in row blocks)."""
+settings measured without it are measured again (2: InnerProducts in row blocks; 3: the
+compiled Winograd)."""
 
 
 def _net_key(deployed, blobs):
