@@ -349,6 +349,30 @@ def test_compiled_winograd_against_float64(shape, k, pad):
 
 
 @needs_compiler
+@pytest.mark.parametrize("blocks", [(6, 1), (6, 3), (12, 5), (18, 2), (54, 4)])
+def test_compiled_winograd_in_any_blocks_and_splits_of_the_output_channels(blocks, monkeypatch):
+    gen = torch.Generator().manual_seed(7)
+    x, w = torch.randn((2, 16, 17, 22), generator=gen), torch.randn((72, 16, 3, 3), generator=gen) / 12
+    bias = torch.randn(72, generator=gen)
+    conv = native.NativeWinograd(w, (1, 1))
+    monkeypatch.setattr(conv, "blocks", lambda tiles, threads: blocks)
+    reference = F.conv2d(x.double(), w.double(), bias.double(), padding=1).relu()
+    y = conv(x, bias, relu=True)
+    assert float((y.double() - reference).abs().max() / reference.abs().max()) < 2e-5
+
+
+def test_compiled_winograd_blocks_fit_the_image_and_the_threads():
+    small, large = native.NativeWinograd(torch.zeros(64, 64, 3, 3), (1, 1)), native.NativeWinograd(
+        torch.zeros(512, 512, 3, 3), (1, 1))
+    assert small.blocks(56 * 56, 2) == (12, 1)    # many blocks: shared out evenly as they are
+    assert small.blocks(5, 2) == (6, 2)           # one block: its output channels split
+    assert small.blocks(5, 1) == (6, 1)
+    assert large.blocks(7 * 7, 2) == (54, 2)      # 36 MB of transformed weights: read once per thread
+    assert large.blocks(28 * 28, 2) == (54, 1)
+    assert large.blocks(4, 4) == (6, 4)
+
+
+@needs_compiler
 def test_compiled_winograd_runs_on_any_number_of_threads():
     gen = torch.Generator().manual_seed(5)
     x, w = torch.randn((2, 24, 30, 26), generator=gen), torch.randn((32, 24, 3, 3), generator=gen)

@@ -89,11 +89,11 @@ static void transform_input(const float *x, int H, int W, int C, int ph, int pw,
                 STORE(V + ((int64_t)q * tiles + t) * C + c, zero);
 }
 
-/* Step 2 at one position: M (tiles x Kp) = V (tiles x C) U (C x Kp), U in panels of 16
- * columns ([Kp/16][C][16]); tiles a multiple of ROWS. */
-static void product(const float *V, const float *U, float *M, int tiles, int C, int Kp)
+/* Step 2 at one position, columns [j0, j1) of M: M (tiles x Kp) = V (tiles x C) U (C x Kp),
+ * U in panels of 16 columns ([Kp/16][C][16]); tiles a multiple of ROWS. */
+static void product(const float *V, const float *U, float *M, int tiles, int C, int Kp, int j0, int j1)
 {
-    for (int j = 0; j < Kp; j += PANEL) {
+    for (int j = j0; j < j1; j += PANEL) {
         const float *panel = U + (int64_t)j * C;
         for (int t = 0; t < tiles; t += ROWS) {
             v8 acc[ROWS][2];
@@ -116,9 +116,11 @@ static void product(const float *V, const float *U, float *M, int tiles, int C, 
     }
 }
 
-/* Step 3 for the block's tiles: A^T m A, the bias, ReLU, into y (N, OH, OW, K). */
+/* Step 3 for the block's tiles, output channels [k0, k1): A^T m A, the bias, ReLU, into
+ * y (N, OH, OW, K). */
 static void transform_output(const float *M, const float *bias, int relu, float *y, int OH, int OW,
-                             int K, int Kp, int th, int tw, int64_t first, int count, int tiles)
+                             int K, int Kp, int th, int tw, int64_t first, int count, int tiles,
+                             int k0, int k1)
 {
     for (int t = 0; t < count; t++) {
         int64_t p = first + t;
@@ -126,7 +128,7 @@ static void transform_output(const float *M, const float *bias, int relu, float 
         int oy = (r / tw) * OUT, ox = (r % tw) * OUT;
         int rows = OH - oy < OUT ? OH - oy : OUT, cols = OW - ox < OUT ? OW - ox : OUT;
         float *base = y + (((int64_t)n * OH + oy) * OW + ox) * K;
-        for (int k = 0; k < K; k += 8) {
+        for (int k = k0; k < k1; k += 8) {
             v8 m[ALPHA][ALPHA], u[OUT][ALPHA], col[ALPHA], out[OUT];
             for (int i = 0; i < ALPHA; i++)
                 for (int j = 0; j < ALPHA; j++)
@@ -155,14 +157,18 @@ static void transform_output(const float *M, const float *bias, int relu, float 
 }
 
 /* The convolution: x (N, H, W, C) -> y (N, OH, OW, K), OH = H + 2 ph - 2, OW = W + 2 pw - 2.
- * U as above, bias (K) or NULL; blocks of `tiles` tiles (a multiple of ROWS); work: per
- * thread, 36 * tiles * (C + Kp) floats, whatever they hold (all are written before read). */
+ * U as above, bias (K) or NULL. The work is cut into blocks of `tiles` tiles (a multiple of
+ * ROWS) times `splits` ranges of output channels (whole panels), shared among the threads in
+ * order: where the tiles are few (a small image) the threads split the output channels, and
+ * each reads only its part of U. work: per thread, 36 * tiles * (C + Kp) floats, whatever
+ * they hold (all are written before read). */
 void winograd4(const float *x, int N, int H, int W, int C, const float *U, const float *bias,
-               int relu, float *y, int K, int ph, int pw, int tiles, float *work, int threads)
+               int relu, float *y, int K, int ph, int pw, int tiles, int splits, float *work,
+               int threads)
 {
     int OH = H + 2 * ph - 2, OW = W + 2 * pw - 2;
     int th = (OH + OUT - 1) / OUT, tw = (OW + OUT - 1) / OUT;
-    int Kp = (K + PANEL - 1) / PANEL * PANEL;
+    int Kp = (K + PANEL - 1) / PANEL * PANEL, per_split = (Kp / PANEL + splits - 1) / splits * PANEL;
     int64_t total = (int64_t)N * th * tw, blocks = (total + tiles - 1) / tiles;
     int64_t per_thread = (int64_t)POINTS * tiles * (C + Kp);
 #pragma omp parallel num_threads(threads)
@@ -170,15 +176,23 @@ void winograd4(const float *x, int N, int H, int W, int C, const float *U, const
         extern int omp_get_thread_num(void);
         float *V = work + per_thread * omp_get_thread_num();
         float *M = V + (int64_t)POINTS * tiles * C;
+        int64_t transformed = -1;  /* the block whose input V holds */
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            int64_t first = b * tiles;
+        for (int64_t unit = 0; unit < blocks * splits; unit++) {
+            int64_t b = unit / splits, first = b * tiles;
+            int j0 = (int)(unit % splits) * per_split, j1 = j0 + per_split < Kp ? j0 + per_split : Kp;
             int count = total - first < tiles ? (int)(total - first) : tiles;
-            transform_input(x, H, W, C, ph, pw, th, tw, first, count, tiles, V);
+            if (j0 >= j1)
+                continue;
+            if (b != transformed) {
+                transform_input(x, H, W, C, ph, pw, th, tw, first, count, tiles, V);
+                transformed = b;
+            }
             for (int q = 0; q < POINTS; q++)
                 product(V + (int64_t)q * tiles * C, U + (int64_t)q * C * Kp, M + (int64_t)q * tiles * Kp,
-                        tiles, C, Kp);
-            transform_output(M, bias, relu, y, OH, OW, K, Kp, th, tw, first, count, tiles);
+                        tiles, C, Kp, j0, j1);
+            transform_output(M, bias, relu, y, OH, OW, K, Kp, th, tw, first, count, tiles,
+                             j0, j1 < K ? j1 : K);
         }
     }
 }
