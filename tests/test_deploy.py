@@ -402,7 +402,8 @@ def test_compiled_winograd_is_offered_only_where_it_fits():
 def fresh_library(monkeypatch, tmp_path):
     """native.library() built anew, its cache in ``tmp_path``; as it was afterwards."""
     monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))
-    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
     native.library.cache_clear()
     yield tmp_path
     native.library.cache_clear()
@@ -429,6 +430,17 @@ def test_the_compiled_winograd_is_built_once_per_machine(fresh_library, monkeypa
     native.library.cache_clear()  # as in a new process
     assert native.library() is not None
     assert len(builds) == 1 and list(fresh_library.glob("winograd_kernel-*.so")) == built
+
+
+@needs_compiler
+def test_the_compiled_winograd_is_built_apart_where_the_cache_cannot_be_written(fresh_library, monkeypatch):
+    (fresh_library / "file").write_text("not a folder")
+    monkeypatch.setenv("PROTOCAFFE_CACHE", str(fresh_library / "file"))
+    assert native.library() is not None
+    built = list((fresh_library / "tmp").rglob("winograd_kernel-*.so"))
+    assert len(built) == 1 and built[0].parent.name.startswith("protocaffe-")
+    assert oct(built[0].parent.stat().st_mode & 0o777) == "0o700"
+    assert (fresh_library / "file").read_text() == "not a folder"
 
 
 # ---- NNPACK ------------------------------------------------------------------------------------

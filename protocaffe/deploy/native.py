@@ -11,7 +11,8 @@ torch version 35), conv2_2 7.6 ms (oneDNN 20, torch 16).
 The C source is compiled once per machine with the C compiler (``$CC``, else ``cc``) for the
 machine's own vector instructions (``-march=native``) and OpenMP (torch's own runtime, which
 is already loaded, so both share one pool of threads), and the library kept beside the
-deploy settings (:func:`protocaffe.deploy.settings.cache_file`). Where no compiler works the
+deploy settings (:func:`protocaffe.deploy.settings.cache_file`; where that folder cannot be
+written, in a private temporary folder for the process). Where no compiler works the
 algorithm is not offered, and the others run as before. Whether a layer uses it is measured
 per machine, as for every algorithm (:mod:`protocaffe.deploy.settings`).
 """
@@ -52,41 +53,46 @@ def library():
     if not torch.backends.openmp.is_available():
         return None
     compiler = shlex.split(os.environ.get("CC") or "cc")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha1(repr((source, compiler, FLAGS, settings.cpu_name(), _cpu_flags(),
+    key = hashlib.sha1(repr((SOURCE.read_bytes(), compiler, FLAGS, settings.cpu_name(), _cpu_flags(),
                              platform.machine())).encode()).hexdigest()[:16]
-    for folder in (settings.cache_file().parent, Path(tempfile.gettempdir())):
-        path = folder / f"winograd_kernel-{key}.so"
-        if not path.exists() and not _compile(compiler, path):
-            continue
+    path = settings.cache_file().parent / f"winograd_kernel-{key}.so"
+    if not path.exists():
         try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as e:
-            log.debug("compiled Winograd kernel not loaded: %s", e)
-            continue
-        p, i = ctypes.c_void_p, ctypes.c_int
-        lib.winograd4.argtypes = [p, i, i, i, i, p, p, i, p, i, i, i, i, i, p, i]
-        lib.winograd4.restype = None
-        return lib
-    return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writable = os.access(path.parent, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:  # built for this process alone, in a folder of its own
+            path = Path(tempfile.mkdtemp(prefix="protocaffe-")) / path.name
+        if not _compile(compiler, path):
+            return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        log.debug("compiled Winograd kernel not loaded: %s", e)
+        return None
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.winograd4.argtypes = [p, i, i, i, i, p, p, i, p, i, i, i, i, i, p, i]
+    lib.winograd4.restype = None
+    return lib
 
 
 def _compile(compiler, path):
     """Build the library at ``path`` (written whole, then moved there); whether it worked."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         done = subprocess.run(compiler + FLAGS + [str(SOURCE), "-o", str(tmp)],
                               capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            log.debug("compiled Winograd kernel not built (%s): %s", " ".join(compiler), done.stderr.strip())
+            return False
+        os.replace(tmp, path)
+        return True
     except (OSError, subprocess.SubprocessError) as e:
         log.debug("compiled Winograd kernel not built: %s", e)
         return False
-    if done.returncode != 0:
-        log.debug("compiled Winograd kernel not built (%s): %s", " ".join(compiler), done.stderr.strip())
+    finally:
         tmp.unlink(missing_ok=True)
-        return False
-    os.replace(tmp, path)
-    return True
 
 
 def fits(layer):
