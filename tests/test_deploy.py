@@ -346,6 +346,8 @@ def test_compiled_winograd_against_float64(shape, k, pad):
     for b, relu in [(bias, False), (bias, True), (None, True)]:
         expected = y + (0 if b is None else b.view(1, -1, 1, 1))
         torch.testing.assert_close(conv(x, b, relu), expected.relu() if relu else expected, rtol=0, atol=1e-6)
+    x[0, 0, 0, 0] = float("nan")  # through ReLU a NaN stays NaN, as in Caffe
+    assert conv(x, bias, relu=True)[0, :, 0, 0].isnan().all()
 
 
 @needs_compiler

@@ -147,8 +147,8 @@ static void transform_output(const float *M, const float *bias, int relu, float 
                 output_1d(u[i], out);
                 for (int j = 0; j < cols; j++) {
                     v8 v = out[j] + b;
-                    if (relu)
-                        v = (v8)((i8)v & (v > (v8){0}));
+                    if (relu)  /* negatives to zero; NaN stays NaN, as in Caffe's ReLU */
+                        v = (v8)((i8)v & ~(v < (v8){0}));
                     STORE(base + ((int64_t)i * OW + j) * K + k, v);
                 }
             }
