@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import protocaffe as caffe
 from conftest import GOLDEN, assert_close
 from protocaffe import net as netlib
-from protocaffe.deploy import DeployedNet, Settings, folding, settings as deploy_settings, blocks, native, winograd
+from protocaffe.deploy import DeployedNet, Settings, blocks, folding, machine, native, settings as deploy_settings, winograd
 from protocaffe.deploy.ops import FusedAffine, FusedConv
 from protocaffe.fileio import parse_text
 from protocaffe.layer_types.base import LAYERS, Layer
@@ -624,7 +624,7 @@ def test_settings_are_measured_once_per_machine_and_net(monkeypatch, tmp_path):
     first = DeployedNet(net)
     first(**inputs)
     table = (tmp_path / "deploy.json").read_text()
-    assert deploy_settings.cpu_name().split(",")[0] in table
+    assert machine.cpu_name().split(",")[0] in table
     monkeypatch.setattr(deploy_settings, "measure", lambda *a: pytest.fail("measured again"))
     monkeypatch.setattr(deploy_settings, "fastest_algorithms", lambda *a: pytest.fail("measured again"))
     again = DeployedNet(net)

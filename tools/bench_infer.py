@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import protocaffe as caffe  # noqa: E402
-from protocaffe.deploy.settings import cpu_name  # noqa: E402
+from protocaffe.deploy.machine import cpu_name  # noqa: E402
 from protocaffe.net import build_net, read_net_param  # noqa: E402
 
 NETS = {"caffenet": ROOT / "models/bvlc_reference_caffenet/deploy.prototxt"}

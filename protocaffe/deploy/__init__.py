@@ -21,6 +21,7 @@ measured faster, to about 1e-5 of the output's scale).
 - :mod:`~protocaffe.deploy.onnxrt`: onnxruntime as a second engine, on the net's ONNX form.
 - :mod:`~protocaffe.deploy.settings`: layout, algorithms and engine, measured per machine
   and net on the first call and cached.
+- :mod:`~protocaffe.deploy.machine`: what the measurements depend on, and where they are kept.
 
 The folded weights are copies made from the net's tensors; before each call the sources
 are checked (same tensor, same autograd version) and what changed is folded again, so

@@ -11,7 +11,7 @@ torch version 35), conv2_2 7.6 ms (oneDNN 20, torch 16).
 The C source is compiled once per machine with the C compiler (``$CC``, else ``cc``) for the
 machine's own vector instructions (``-march=native``) and OpenMP (torch's own runtime, which
 is already loaded, so both share one pool of threads), and the library kept beside the
-deploy settings (:func:`protocaffe.deploy.settings.cache_file`; where that folder cannot be
+deploy settings (:func:`protocaffe.deploy.machine.cache_folder`; where that folder cannot be
 written, in a private temporary folder for the process). Where no compiler works the
 algorithm is not offered, and the others run as before. Whether a layer uses it is measured
 per machine, as for every algorithm (:mod:`protocaffe.deploy.settings`).
@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from protocaffe.deploy import settings, winograd
+from protocaffe import hardware
+from protocaffe.deploy import winograd
+from protocaffe.deploy.machine import cache_folder, cpu_name
 from protocaffe.log import LOGGER as log
 
 SOURCE = Path(__file__).with_name("winograd_kernel.c")
@@ -39,23 +41,15 @@ POINTS, PANEL, ROWS = 36, 16, 6
 transformed weights, tiles per row block of the product."""
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return ""
-
-
 @functools.cache
 def library():
     """The compiled kernel (a ctypes library), or None where it cannot be built here."""
     if not torch.backends.openmp.is_available():
         return None
     compiler = shlex.split(os.environ.get("CC") or "cc")
-    key = hashlib.sha1(repr((SOURCE.read_bytes(), compiler, FLAGS, settings.cpu_name(), _cpu_flags(),
+    key = hashlib.sha1(repr((SOURCE.read_bytes(), compiler, FLAGS, cpu_name(), sorted(hardware.read_cpuinfo()[1]),
                              platform.machine())).encode()).hexdigest()[:16]
-    path = settings.cache_file().parent / f"winograd_kernel-{key}.so"
+    path = cache_folder() / f"winograd_kernel-{key}.so"
     if not path.exists():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,14 +15,13 @@ input shapes, the blobs kept, the engines offered), so a later process starts wi
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from protocaffe.deploy import onnxrt
+from protocaffe.deploy.machine import cache_folder, machine
 from protocaffe.errors import CaffeError
 from protocaffe.log import LOGGER as log
 
@@ -66,28 +65,7 @@ class Settings:
 
 
 def cache_file():
-    root = os.environ.get("PROTOCAFFE_CACHE") or Path.home() / ".cache" / "protocaffe"
-    return Path(root) / "deploy.json"
-
-
-def cpu_name():
-    """The CPU's model name and the vector ISA torch dispatches to (e.g. ``AMD EPYC, AVX2``)."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
-
-
-def machine(device):
-    """What the measurement depends on besides the net."""
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"{cpu_name()}, {torch.get_num_threads()} threads"
-    return f"{where}, torch {torch.__version__}"
+    return cache_folder() / "deploy.json"
 
 
 ENGINES = ("torch", "onnxruntime")
