@@ -114,6 +114,22 @@ def test_golden_net_every_blob(prototxt, weights, npz):
     assert_outputs_match(got, run_protocaffe(net, feeds), f"{prototxt} vs protocaffe")
 
 
+def test_unchecked_model_is_the_checked_graph_and_gives_caffes_blobs(monkeypatch):
+    """checked=False (the deployment engine's export, handed straight to onnxruntime) leaves out
+    onnx's shape inference and checker only."""
+    net = build_net(str(NETS / "slim_caffenet_deploy.prototxt"), weights=str(NETS / "slim_caffenet.caffemodel"))
+    checked = to_onnx(net, outputs=hidden_blobs(net))
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda *a, **k: pytest.fail("shapes inferred"))
+    monkeypatch.setattr(onnx.checker, "check_model", lambda *a, **k: pytest.fail("model checked"))
+    unchecked = to_onnx(net, outputs=hidden_blobs(net), checked=False)
+    assert list(unchecked.graph.node) == list(checked.graph.node)
+    assert list(unchecked.graph.initializer) == list(checked.graph.initializer)
+    assert list(unchecked.graph.output) == list(checked.graph.output)
+    golden = np.load(NETS / "slim_caffenet.npz")
+    got = run_onnx(unchecked, {"data": golden["blob_data"]})
+    assert_outputs_match(got, {k: golden[f"blob_{k}"] for k in got}, "unchecked export vs Caffe")
+
+
 def _golden_case(root, case, **options):
     folder = GOLDEN / root / case
     io_ = np.load(folder / "io.npz")
