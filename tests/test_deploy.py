@@ -400,6 +400,17 @@ def test_compiled_winograd_is_offered_only_where_it_fits():
     assert not native.fits(net.layer_by_name()["conv"])  # output channels: not a multiple of 8
 
 
+def test_settings_naming_the_compiled_winograd_where_it_is_not_offered_run_the_default(monkeypatch):
+    """Settings cached where a compiler was (or for other channels) fall back to the default."""
+    monkeypatch.setattr(native, "library", lambda: None)
+    net = text_net(NNPACK.replace("dim: 5", "dim: 16") % (3, 3, 1, 1))
+    deployed = DeployedNet(net, settings=Settings(False, (("conv", "native4"),)))
+    x = torch.randn(2, 16, 13, 10)
+    y = deployed(x=x)["y"]
+    assert deployed.fused[0].algorithm == "onednn"
+    torch.testing.assert_close(y, net.run({"x": x})[0]["y"], rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture
 def fresh_library(monkeypatch, tmp_path):
     """native.library() built anew, its cache in ``tmp_path``; as it was afterwards."""

@@ -116,12 +116,12 @@ class NativeWinograd:
 
         Each block reads all of U (the transformed weights) once, so where U is larger than a
         cache holds (over 16 MB: 256 channels in and out and more) the blocks are as large as
-        54 tiles and U is read a few times only; else 12 tiles keep each block's transformed
-        input and products in the core's own cache (fewer where the image has fewer). Where the blocks do not share out evenly
-        among the threads (a small image), the output channels are split too, until no thread
-        has more than 15% over its share. Measured on the AMD EPYC Zen 3 (2 threads) over
-        VGG-16's and GoogLeNet's 3x3 layers at batch 1 and 10: within 10% of the best of 24
-        choices, often the best."""
+        54 tiles and U is read a few times only; else 12 tiles (fewer where the image has
+        fewer) keep each block's transformed input and products in the core's own cache.
+        Where the blocks do not share out evenly among the threads (a small image), the output
+        channels are split too, until no thread has more than 15% over its share. Measured on
+        the AMD EPYC Zen 3 (2 threads) over VGG-16's and GoogLeNet's 3x3 layers at batch 1 and
+        10: within 10% of the best of 24 choices, often the best."""
         per = min(54 if POINTS * self.c * self.kp * 4 > 16 << 20 else 12, -(-tiles // ROWS) * ROWS)
         count = -(-tiles // per)
         splits = 1
