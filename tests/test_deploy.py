@@ -101,10 +101,12 @@ def test_golden_nets_deployed_give_caffes_blobs(name, prototxt, way):
     weights = NETS / ("slim_caffenet_v1.caffemodel" if "v1" in prototxt else f"{name}.caffemodel")
     net = netlib.build_net(str(NETS / prototxt), caffe.TEST, weights=str(weights))
     data = torch.from_numpy(ref["blob_data"])
-    settings = every(net, *way[:2], **({"conv3": way[2]} if len(way) > 2 else {}))
+    named = ("conv3", "conv4", "conv5") if "native4" in way else ("conv3",)  # conv4, conv5: 2 groups
+    settings = every(net, *way[:2], **({n: way[2] for n in named} if len(way) > 2 else {}))
     deployed = DeployedNet(net, keep=net.blob_shapes, settings=settings)
     blobs = deployed(data=data)
-    assert {m.name: m.algorithm for m in deployed.fused}["conv3"] == dict(settings.algorithms)["conv3"]
+    algorithms = {m.name: m.algorithm for m in deployed.fused}
+    assert all(algorithms[n] == dict(settings.algorithms)[n] for n in named)
     assert set(blobs) == set(net.blob_shapes)
     for blob, value in blobs.items():
         assert_close(value.numpy(), ref[f"blob_{blob}"], what=blob)
@@ -329,16 +331,17 @@ needs_compiler = pytest.mark.skipif(native.library() is None,
 
 
 @needs_compiler
-@pytest.mark.parametrize("shape, k, pad", [((1, 64, 14, 14), 32, (1, 1)), ((2, 16, 11, 7), 24, (1, 0)),
-                                           ((1, 8, 9, 10), 16, (2, 2)), ((3, 256, 6, 5), 40, (0, 1)),
-                                           ((1, 32, 37, 29), 48, (1, 1))])
-def test_compiled_winograd_against_float64(shape, k, pad):
+@pytest.mark.parametrize("shape, k, pad, groups", [((1, 64, 14, 14), 32, (1, 1), 1), ((2, 16, 11, 7), 24, (1, 0), 1),
+                                                   ((1, 8, 9, 10), 16, (2, 2), 1), ((3, 256, 6, 5), 40, (0, 1), 1),
+                                                   ((1, 32, 37, 29), 48, (1, 1), 1), ((2, 48, 13, 13), 48, (1, 1), 2),
+                                                   ((1, 32, 10, 9), 64, (1, 1), 4)])
+def test_compiled_winograd_against_float64(shape, k, pad, groups):
     gen = torch.Generator().manual_seed(shape[1])
     x = torch.randn(shape, generator=gen)
-    w = torch.randn((k, shape[1], 3, 3), generator=gen) / (9 * shape[1]) ** 0.5
+    w = torch.randn((k, shape[1] // groups, 3, 3), generator=gen) / (9 * shape[1]) ** 0.5
     bias = torch.randn(k, generator=gen)
-    reference = F.conv2d(x.double(), w.double(), padding=pad)
-    conv = native.NativeWinograd(w, pad)
+    reference = F.conv2d(x.double(), w.double(), padding=pad, groups=groups)
+    conv = native.NativeWinograd(w, pad, groups)
     y = conv(x)
     assert y.shape == reference.shape
     assert float((y.double() - reference).abs().max() / reference.abs().max()) < 2e-5
@@ -347,7 +350,8 @@ def test_compiled_winograd_against_float64(shape, k, pad):
         expected = y + (0 if b is None else b.view(1, -1, 1, 1))
         torch.testing.assert_close(conv(x, b, relu), expected.relu() if relu else expected, rtol=0, atol=1e-6)
     x[0, 0, 0, 0] = float("nan")  # through ReLU a NaN stays NaN, as in Caffe
-    assert conv(x, bias, relu=True)[0, :, 0, 0].isnan().all()
+    y = conv(x, bias, relu=True)[0, :, 0, 0]
+    assert y[:k // groups].isnan().all() and not y[k // groups:].isnan().any()  # the first group's
 
 
 @needs_compiler
@@ -398,6 +402,9 @@ def test_compiled_winograd_is_offered_only_where_it_fits():
         assert not native.fits(net.layer_by_name()["conv"])
     net = text_net(NNPACK.replace("dim: 5", "dim: 16").replace("num_output: 8", "num_output: 12") % (3, 3, 1, 1))
     assert not native.fits(net.layer_by_name()["conv"])  # output channels: not a multiple of 8
+    grouped = NNPACK.replace("dim: 5", "dim: 32").replace("num_output: 8", "num_output: 16 group: %d")
+    assert native.fits(text_net(grouped % (2, 3, 3, 1, 1)).layer_by_name()["conv"])
+    assert not native.fits(text_net(grouped % (4, 3, 3, 1, 1)).layer_by_name()["conv"])  # 4 channels out a group
 
 
 def test_settings_naming_the_compiled_winograd_where_it_is_not_offered_run_the_default(monkeypatch):

@@ -66,7 +66,7 @@ def library():
         log.debug("compiled Winograd kernel not loaded: %s", e)
         return None
     p, i = ctypes.c_void_p, ctypes.c_int
-    lib.winograd4.argtypes = [p, i, i, i, i, p, p, i, p, i, i, i, i, i, p, i]
+    lib.winograd4.argtypes = [p, i, i, i, i, p, p, i, p, i, i, i, i, i, i, p, i]
     lib.winograd4.restype = None
     return lib
 
@@ -90,29 +90,32 @@ def _compile(compiler, path):
 
 
 def fits(layer):
-    """Whether the compiled kernel computes this Convolution (as :func:`winograd.fits`, with
-    channels in and out a multiple of 8) and can be built on this machine."""
-    return (winograd.fits(layer) and layer.weight.shape[0] % 8 == 0 and layer.weight.shape[1] % 8 == 0
+    """Whether the compiled kernel computes this Convolution (2-d, 3x3, stride 1, no dilation,
+    any groups, each group's channels in and out a multiple of 8) and can be built here."""
+    return (layer.type == "Convolution" and layer.axis == 1 and layer.kernel == (3, 3)
+            and layer.stride == (1, 1) and layer.dilation == (1, 1)
+            and (layer.weight.shape[0] // layer.group) % 8 == 0 and layer.weight.shape[1] % 8 == 0
             and library() is not None)
 
 
 class NativeWinograd:
-    """A 3x3 convolution with weight (K, C, 3, 3) and ``pad`` (ph, pw), by the compiled kernel.
+    """A 3x3 convolution with weight (K, C / groups, 3, 3), ``pad`` (ph, pw) and ``groups``, by the
+    compiled kernel.
 
     ``conv(x[, bias, relu])``: x (N, C, H, W) float32 in any memory layout (read channels-last)
     -> (N, K, H + 2 ph - 2, W + 2 pw - 2), channels-last, plus ``bias`` (K,) and then ReLU
     where given."""
 
-    def __init__(self, weight, pad):
-        self.k, self.c = weight.shape[:2]
-        self.pad = tuple(pad)
+    def __init__(self, weight, pad, groups=1):
+        self.groups, self.pad = groups, tuple(pad)
+        self.k, self.c = weight.shape[0] // groups, weight.shape[1]  # per group
         kp = -(-self.k // PANEL) * PANEL
-        u = F.pad(winograd.Winograd(weight, pad, 4).u, (0, kp - self.k))  # (36, C, Kp)
-        self.u = u.view(POINTS, self.c, kp // PANEL, PANEL).permute(0, 2, 1, 3).contiguous()
+        us = [F.pad(winograd.Winograd(w, pad, 4).u, (0, kp - self.k)) for w in weight.chunk(groups)]  # (36, C, Kp)
+        self.u = torch.stack([u.view(POINTS, self.c, kp // PANEL, PANEL).permute(0, 2, 1, 3) for u in us]).contiguous()
         self.kp = kp
 
     def blocks(self, tiles, threads):
-        """(tiles per block, splits of the output channels) for an image of ``tiles`` tiles.
+        """(tiles per block, splits of each group's output channels) for an image of ``tiles`` tiles.
 
         Each block reads all of U (the transformed weights) once, so where U is larger than a
         cache holds (over 16 MB: 256 channels in and out and more) the blocks are as large as
@@ -123,24 +126,24 @@ class NativeWinograd:
         the AMD EPYC Zen 3 (2 threads) over VGG-16's and GoogLeNet's 3x3 layers at batch 1 and
         10: within 10% of the best of 24 choices, often the best."""
         per = min(54 if POINTS * self.c * self.kp * 4 > 16 << 20 else 12, -(-tiles // ROWS) * ROWS)
-        count = -(-tiles // per)
+        count = -(-tiles // per) * self.groups
         splits = 1
         while splits < self.kp // PANEL and -(-count * splits // threads) * threads > 1.15 * count * splits:
             splits += 1
         return per, splits
 
     def __call__(self, x, bias=None, relu=False):
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         ph, pw = self.pad
         x = x.float().permute(0, 2, 3, 1).contiguous()  # (N, H, W, C): no copy where channels-last
         out_h, out_w = h + 2 * ph - 2, w + 2 * pw - 2
-        out = torch.empty(n, out_h, out_w, self.k)
+        out = torch.empty(n, out_h, out_w, self.k * self.groups)
         threads = torch.get_num_threads()
         tiles, splits = self.blocks(n * -(-out_h // 4) * -(-out_w // 4), threads)
-        work = torch.empty(threads * POINTS * tiles * (c + self.kp))
+        work = torch.empty(threads * POINTS * tiles * (self.c + self.kp))
         if bias is not None:
             bias = bias.contiguous()
-        library().winograd4(x.data_ptr(), n, h, w, c, self.u.data_ptr(),
+        library().winograd4(x.data_ptr(), n, h, w, self.c, self.u.data_ptr(),
                             None if bias is None else bias.data_ptr(), int(relu), out.data_ptr(),
-                            self.k, ph, pw, tiles, splits, work.data_ptr(), threads)
+                            self.k, self.groups, ph, pw, tiles, splits, work.data_ptr(), threads)
         return out.permute(0, 3, 1, 2)

@@ -15,8 +15,8 @@ A :class:`FusedConv` computes its convolution by one of these algorithms:
   (:mod:`protocaffe.deploy.settings`);
 - ``native4``: the same F(4x4, 3x3) as one compiled pass over the image, each block of
   tiles transformed, multiplied and transformed back in the core's cache
-  (:mod:`protocaffe.deploy.native`; channels in and out a multiple of 8), where a C
-  compiler is at hand and it is measured faster;
+  (:mod:`protocaffe.deploy.native`; any groups, each group's channels in and out a
+  multiple of 8), where a C compiler is at hand and it is measured faster;
 - ``blocks``: an InnerProduct as a batched product over blocks of its weight's rows, one
   block per thread (:mod:`protocaffe.deploy.blocks`), where measured faster;
 - ``nnpack``: NNPACK's convolution (Winograd F(6x6, 3x3) for 3x3 kernels, Fourier transforms
@@ -151,7 +151,7 @@ class FusedConv(_Folded):
         if self.algorithm.startswith("winograd") and self.algorithm not in self._prepared:
             self._prepared[self.algorithm] = winograd.Winograd(self.weight, self.head.pad, int(self.algorithm[-1]))
         if self.algorithm == "native4" and self.algorithm not in self._prepared:
-            self._prepared[self.algorithm] = native.NativeWinograd(self.weight, self.head.pad)
+            self._prepared[self.algorithm] = native.NativeWinograd(self.weight, self.head.pad, self.head.group)
         self.winograd = (self._prepared.get(self.algorithm)
                          if self.algorithm.startswith(("winograd", "native")) else None)
         self.torch_weight = self.weight

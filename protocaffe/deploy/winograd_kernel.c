@@ -12,8 +12,8 @@
  *   3. output transform: A^T m A for each tile, 8 output channels at a time, plus the bias,
  *      then ReLU where asked, written into the output.
  *
- * Activations are channels-last (N, H, W, C), float32; C and K are multiples of 8 (K is
- * padded to 16 in U and M). The vectors are GCC's generic vectors of 8 floats: the compiler
+ * Activations are channels-last (N, H, W, C), float32; the channels of a group, in and out,
+ * are multiples of 8 (the output's padded to 16 in U and M). The vectors are GCC's generic vectors of 8 floats: the compiler
  * maps them to AVX2 or AVX-512 halves (or SSE, NEON pairs) for the machine it compiles on.
  */
 #include <stdint.h>
@@ -49,8 +49,9 @@ static inline void output_1d(const v8 m[6], v8 o[4])
     o[3] = d12 + 8 * d34 + m[5];
 }
 
-/* Step 1 for tiles [first, first + count) of the image, into V (tiles rows of C). */
-static void transform_input(const float *x, int H, int W, int C, int ph, int pw, int th, int tw,
+/* Step 1 for tiles [first, first + count) of the image, into V (tiles rows of C); a pixel's
+ * channels are ldx floats apart from the next pixel's. */
+static void transform_input(const float *x, int H, int W, int C, int ldx, int ph, int pw, int th, int tw,
                             int64_t first, int count, int tiles, float *V)
 {
     const v8 zero = {0};
@@ -63,12 +64,12 @@ static void transform_input(const float *x, int H, int W, int C, int ph, int pw,
             rows_in[i] = y0 + i >= 0 && y0 + i < H;
             cols_in[i] = x0 + i >= 0 && x0 + i < W;
         }
-        const float *base = x + (((int64_t)n * H + y0) * W + x0) * C;
+        const float *base = x + (((int64_t)n * H + y0) * W + x0) * ldx;
         for (int c = 0; c < C; c += 8) {
             v8 d[ALPHA][ALPHA], u[ALPHA][ALPHA], col[ALPHA], out[ALPHA];
             for (int i = 0; i < ALPHA; i++)
                 for (int j = 0; j < ALPHA; j++)
-                    d[i][j] = rows_in[i] && cols_in[j] ? LOAD(base + ((int64_t)i * W + j) * C + c) : zero;
+                    d[i][j] = rows_in[i] && cols_in[j] ? LOAD(base + ((int64_t)i * W + j) * ldx + c) : zero;
             for (int j = 0; j < ALPHA; j++) {  /* columns: B^T d */
                 for (int i = 0; i < ALPHA; i++)
                     col[i] = d[i][j];
@@ -117,9 +118,9 @@ static void product(const float *V, const float *U, float *M, int tiles, int C, 
 }
 
 /* Step 3 for the block's tiles, output channels [k0, k1): A^T m A, the bias, ReLU, into
- * y (N, OH, OW, K). */
+ * y (N, OH, OW, K), a pixel's channels ldy floats apart from the next pixel's. */
 static void transform_output(const float *M, const float *bias, int relu, float *y, int OH, int OW,
-                             int K, int Kp, int th, int tw, int64_t first, int count, int tiles,
+                             int ldy, int Kp, int th, int tw, int64_t first, int count, int tiles,
                              int k0, int k1)
 {
     for (int t = 0; t < count; t++) {
@@ -127,7 +128,7 @@ static void transform_output(const float *M, const float *bias, int relu, float 
         int n = (int)(p / ((int64_t)th * tw)), r = (int)(p % ((int64_t)th * tw));
         int oy = (r / tw) * OUT, ox = (r % tw) * OUT;
         int rows = OH - oy < OUT ? OH - oy : OUT, cols = OW - ox < OUT ? OW - ox : OUT;
-        float *base = y + (((int64_t)n * OH + oy) * OW + ox) * K;
+        float *base = y + (((int64_t)n * OH + oy) * OW + ox) * ldy;
         for (int k = k0; k < k1; k += 8) {
             v8 m[ALPHA][ALPHA], u[OUT][ALPHA], col[ALPHA], out[OUT];
             for (int i = 0; i < ALPHA; i++)
@@ -149,21 +150,22 @@ static void transform_output(const float *M, const float *bias, int relu, float 
                     v8 v = out[j] + b;
                     if (relu)  /* negatives to zero; NaN stays NaN, as in Caffe's ReLU */
                         v = (v8)((i8)v & ~(v < (v8){0}));
-                    STORE(base + ((int64_t)i * OW + j) * K + k, v);
+                    STORE(base + ((int64_t)i * OW + j) * ldy + k, v);
                 }
             }
         }
     }
 }
 
-/* The convolution: x (N, H, W, C) -> y (N, OH, OW, K), OH = H + 2 ph - 2, OW = W + 2 pw - 2.
- * U as above, bias (K) or NULL. The work is cut into blocks of `tiles` tiles (a multiple of
- * ROWS) times `splits` ranges of output channels (whole panels), shared among the threads in
- * order: where the tiles are few (a small image) the threads split the output channels, and
- * each reads only its part of U. work: per thread, 36 * tiles * (C + Kp) floats, whatever
- * they hold (all are written before read). */
+/* The convolution: x (N, H, W, groups C) -> y (N, OH, OW, groups K), channels [g C, g C + C) of
+ * x giving channels [g K, g K + K) of y, OH = H + 2 ph - 2, OW = W + 2 pw - 2. U as above,
+ * one after the other for the groups; bias (groups K) or NULL. The work is cut into groups times
+ * blocks of `tiles` tiles (a multiple of ROWS) times `splits` ranges of output channels (whole
+ * panels), shared among the threads in order: where the tiles are few (a small image) the
+ * threads split the output channels, and each reads only its part of U. work: per thread,
+ * 36 * tiles * (C + Kp) floats, whatever they hold (all are written before read). */
 void winograd4(const float *x, int N, int H, int W, int C, const float *U, const float *bias,
-               int relu, float *y, int K, int ph, int pw, int tiles, int splits, float *work,
+               int relu, float *y, int K, int groups, int ph, int pw, int tiles, int splits, float *work,
                int threads)
 {
     int OH = H + 2 * ph - 2, OW = W + 2 * pw - 2;
@@ -176,23 +178,25 @@ void winograd4(const float *x, int N, int H, int W, int C, const float *U, const
         extern int omp_get_thread_num(void);
         float *V = work + per_thread * omp_get_thread_num();
         float *M = V + (int64_t)POINTS * tiles * C;
-        int64_t transformed = -1;  /* the block whose input V holds */
+        int64_t transformed = -1;  /* the group and block whose input V holds */
 #pragma omp for schedule(static)
-        for (int64_t unit = 0; unit < blocks * splits; unit++) {
-            int64_t b = unit / splits, first = b * tiles;
+        for (int64_t unit = 0; unit < groups * blocks * splits; unit++) {
+            int g = (int)(unit / (blocks * splits));
+            int64_t gb = unit / splits, b = gb % blocks, first = b * tiles;
             int j0 = (int)(unit % splits) * per_split, j1 = j0 + per_split < Kp ? j0 + per_split : Kp;
             int count = total - first < tiles ? (int)(total - first) : tiles;
+            const float *u = U + (int64_t)g * POINTS * C * Kp;
             if (j0 >= j1)
                 continue;
-            if (b != transformed) {
-                transform_input(x, H, W, C, ph, pw, th, tw, first, count, tiles, V);
-                transformed = b;
+            if (gb != transformed) {
+                transform_input(x + (int64_t)g * C, H, W, C, groups * C, ph, pw, th, tw, first, count, tiles, V);
+                transformed = gb;
             }
             for (int q = 0; q < POINTS; q++)
-                product(V + (int64_t)q * tiles * C, U + (int64_t)q * C * Kp, M + (int64_t)q * tiles * Kp,
+                product(V + (int64_t)q * tiles * C, u + (int64_t)q * C * Kp, M + (int64_t)q * tiles * Kp,
                         tiles, C, Kp, j0, j1);
-            transform_output(M, bias, relu, y, OH, OW, K, Kp, th, tw, first, count, tiles,
-                             j0, j1 < K ? j1 : K);
+            transform_output(M, bias ? bias + (int64_t)g * K : 0, relu, y + (int64_t)g * K, OH, OW, groups * K,
+                             Kp, th, tw, first, count, tiles, j0, j1 < K ? j1 : K);
         }
     }
 }
