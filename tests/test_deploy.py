@@ -636,6 +636,26 @@ def test_after_measuring_every_op_runs_by_the_algorithm_chosen(monkeypatch, tmp_
     measured = [m for m in deployed.fused if isinstance(m, FusedConv) and len(m.algorithms()) > 1]
     assert measured and [m.algorithm for m in measured] == [m.algorithms()[0] for m in measured]
 
+
+def test_an_algorithm_hopeless_at_its_warm_up_is_not_timed_further(monkeypatch):
+    """Timed runs go to the default and to the algorithms whose warm-up came within HOPELESS
+    times the fastest warm-up; the fastest of those is chosen."""
+    ms = {"onednn": 10.0, "winograd2": 25.0, "winograd4": 15.0, "native4": 8.0}
+    runs = []
+    monkeypatch.setattr(FusedConv, "algorithms", lambda self: list(ms))
+    monkeypatch.setattr(deploy_settings, "_timed", lambda fn, *args: runs.append(fn.algorithm) or ms[fn.algorithm])
+    net = text_net(NNPACK.replace("dim: 5", "dim: 16") % (3, 3, 1, 1))
+    deployed = DeployedNet(net, settings=Settings())
+    chosen = deploy_settings.fastest_algorithms(deployed, deployed.sources({"x": torch.randn(2, 16, 13, 10)}), False)
+    assert chosen == (("conv", "native4"),)
+    assert runs.count("winograd2") == 1                     # 25 > 2 x 8: its warm-up only
+    assert all(runs.count(a) > 1 for a in ("onednn", "winograd4", "native4"))
+    ms["onednn"] = 100.0                                      # the default is timed whatever its warm-up
+    runs.clear()
+    deploy_settings.fastest_algorithms(deployed, deployed.sources({"x": torch.randn(2, 16, 13, 10)}), False)
+    assert runs.count("onednn") > 1
+
+
 def test_settings_are_measured_once_per_machine_and_net(monkeypatch, tmp_path):
     monkeypatch.setenv("PROTOCAFFE_CACHE", str(tmp_path))
     net, inputs = folds_net()
