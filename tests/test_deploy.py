@@ -650,7 +650,7 @@ def test_an_algorithm_hopeless_at_its_warm_up_is_not_timed_further(monkeypatch):
     assert chosen == (("conv", "native4"),)
     assert runs.count("winograd2") == 1                     # 25 > 2 x 8: its warm-up only
     assert all(runs.count(a) > 1 for a in ("onednn", "winograd4", "native4"))
-    ms["onednn"] = 100.0                                      # the default is timed whatever its warm-up
+    ms["onednn"] = 100.0  # the default is timed whatever its warm-up
     runs.clear()
     deploy_settings.fastest_algorithms(deployed, deployed.sources({"x": torch.randn(2, 16, 13, 10)}), False)
     assert runs.count("onednn") > 1
