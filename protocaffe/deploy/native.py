@@ -92,8 +92,7 @@ def _compile(compiler, path):
 def fits(layer):
     """Whether the compiled kernel computes this Convolution (2-d, 3x3, stride 1, no dilation,
     any groups, each group's channels in and out a multiple of 8) and can be built here."""
-    return (layer.type == "Convolution" and layer.axis == 1 and layer.kernel == (3, 3)
-            and layer.stride == (1, 1) and layer.dilation == (1, 1)
+    return (winograd.three_by_three(layer)
             and (layer.weight.shape[0] // layer.group) % 8 == 0 and layer.weight.shape[1] % 8 == 0
             and library() is not None)
 

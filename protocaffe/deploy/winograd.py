@@ -41,10 +41,15 @@ TRANSFORMS = {2: _F2, 4: _F4}
 """Output block size m -> (B^T, G, A^T)."""
 
 
+def three_by_three(layer):
+    """Whether a layer is a 2-d 3x3 Convolution with stride 1 and no dilation (any groups)."""
+    return (layer.type == "Convolution" and layer.axis == 1 and layer.kernel == (3, 3)
+            and layer.stride == (1, 1) and layer.dilation == (1, 1))
+
+
 def fits(layer):
     """Whether a Convolution is one this module computes: 2-d, 3x3, stride 1, no dilation, one group."""
-    return (layer.type == "Convolution" and layer.axis == 1 and layer.kernel == (3, 3)
-            and layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.group == 1)
+    return three_by_three(layer) and layer.group == 1
 
 
 class Winograd:

@@ -13,8 +13,9 @@
  *      then ReLU where asked, written into the output.
  *
  * Activations are channels-last (N, H, W, C), float32; the channels of a group, in and out,
- * are multiples of 8 (the output's padded to 16 in U and M). The vectors are GCC's generic vectors of 8 floats: the compiler
- * maps them to AVX2 or AVX-512 halves (or SSE, NEON pairs) for the machine it compiles on.
+ * are multiples of 8 (the output's padded to 16 in U and M). The vectors are GCC's generic
+ * vectors of 8 floats: the compiler maps them to one 256-bit register (AVX2, and AVX-512
+ * machines too) or to pairs of 128-bit ones (SSE, NEON) for the machine it compiles on.
  */
 #include <stdint.h>
 

@@ -96,7 +96,7 @@ def to_onnx(net, *, opset=DEFAULT_OPSET, dynamic_batch=False, precision="fp32", 
     blobs to expose (default: the net's outputs), e.g. every blob, to compare layer by layer,
     or the blobs before a layer to leave out (layers they do not depend on are not exported).
     ``checked=False`` leaves out onnx's shape inference and checker, for a model handed
-    straight to onnxruntime, which checks it itself (VGG-16: 1.8 s to export instead of 10).
+    straight to onnxruntime, which checks it itself (VGG-16: 0.8 s to export instead of 11.7).
     """
     _check_options(opset, precision)
     net = _caffe_net(net)
